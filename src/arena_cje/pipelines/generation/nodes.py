@@ -1,0 +1,170 @@
+"""Responses of every policy, teacher-forced log-probs of the logged responses, true values."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arena_cje.backends import SimulatedTruth
+from arena_cje.backends.base import generate_batch, teacher_force_batch
+from arena_cje.experiment import backend_from_params, policy_specs, stable_seed
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_COLUMNS = ["prompt_id", "policy", "draw_idx", "response", "logprob", "n_tokens", "error"]
+LOGPROB_COLUMNS = ["prompt_id", "policy", "logprob", "n_tokens", "tail_mass_bound", "error"]
+
+
+def generate_responses(
+    prompts: pd.DataFrame,
+    backend: dict[str, Any],
+    policies: dict[str, Any],
+    policy_defaults: dict[str, Any],
+    generation: dict[str, Any],
+) -> pd.DataFrame:
+    """Sample one response per (prompt, policy).
+
+    Each item's seed is ``stable_seed(generation.seed, prompt_id, policy)`` so reruns and
+    larger runs reproduce earlier responses. Failures keep their row with ``error`` set and
+    ``logprob`` missing.
+
+    Returns:
+        Columns ``prompt_id, policy, draw_idx, response, logprob, n_tokens, error``; ``logprob``
+        is the log-prob the backend reported at generation (``NaN`` when it reports none).
+    """
+    client = backend_from_params(backend)
+    frames = []
+    for name, spec in policy_specs(policies, policy_defaults).items():
+        seeds = [stable_seed(generation["seed"], pid, name) for pid in prompts["prompt_id"]]
+        results = generate_batch(client, prompts["prompt"].tolist(), spec, seeds)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": prompts["prompt_id"].to_numpy(),
+                    "policy": name,
+                    "draw_idx": 0,
+                    "response": [r.text for r in results],
+                    "logprob": [_missing_to_nan(r.logprob) for r in results],
+                    "n_tokens": [r.n_tokens for r in results],
+                    "error": [r.error for r in results],
+                }
+            )
+        )
+        _log_failures("generation", name, frames[-1])
+    return pd.concat(frames, ignore_index=True)[RESPONSE_COLUMNS]
+
+
+def teacher_force_logged_responses(
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    backend: dict[str, Any],
+    policies: dict[str, Any],
+    policy_defaults: dict[str, Any],
+    logging_policy: str,
+) -> pd.DataFrame:
+    """Score the logging policy's responses under every policy (itself included).
+
+    ``logprob = log P_policy(response | prompt)`` summed over the response tokens including
+    end of turn. Missing values stay missing (``NaN`` with ``error``); never 0.0.
+
+    Returns:
+        Columns ``prompt_id, policy, logprob, n_tokens, tail_mass_bound, error``.
+    """
+    specs = policy_specs(policies, policy_defaults)
+    if logging_policy not in specs:
+        raise ValueError(f"logging_policy={logging_policy!r} is not one of the policies {sorted(specs)}")
+    logged = _logged_responses(prompts, responses, logging_policy)
+    client = backend_from_params(backend)
+    frames = []
+    for name, spec in specs.items():
+        results = teacher_force_batch(client, logged["prompt"].tolist(), logged["response"].tolist(), spec)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": logged["prompt_id"].to_numpy(),
+                    "policy": name,
+                    "logprob": [_missing_to_nan(r.logprob) for r in results],
+                    "n_tokens": [r.n_tokens for r in results],
+                    "tail_mass_bound": [r.tail_mass_bound for r in results],
+                    "error": [r.error for r in results],
+                }
+            )
+        )
+        _log_failures("teacher forcing", name, frames[-1])
+    return pd.concat(frames, ignore_index=True)[LOGPROB_COLUMNS]
+
+
+def check_teacher_forcing(responses: pd.DataFrame, logprobs: pd.DataFrame, logging_policy: str) -> dict[str, Any]:
+    """Compare generation-time and teacher-forced log-probs of the logged responses.
+
+    A backend whose teacher forcing is right reproduces the log-prob it reported at generation
+    (to float precision on deterministic backends). Rows where either side is missing are counted.
+
+    Returns:
+        ``n_compared``, ``n_missing``, ``max_abs_diff``, ``mean_abs_diff``, ``passed``.
+    """
+    generated = responses[responses["policy"] == logging_policy].set_index("prompt_id")["logprob"]
+    forced = logprobs[logprobs["policy"] == logging_policy].set_index("prompt_id")["logprob"]
+    both = pd.concat({"generated": generated, "forced": forced}, axis=1)
+    complete = both.dropna()
+    diff = (complete["generated"] - complete["forced"]).abs()
+    report = {
+        "policy": logging_policy,
+        "n_compared": int(len(complete)),
+        "n_missing": int(len(both) - len(complete)),
+        "max_abs_diff": float(diff.max()) if len(diff) else None,
+        "mean_abs_diff": float(diff.mean()) if len(diff) else None,
+        "tolerance": 1e-4,
+    }
+    report["passed"] = bool(len(diff) > 0 and report["max_abs_diff"] <= report["tolerance"])
+    if not report["passed"]:
+        logger.warning("Teacher forcing does not reproduce generation log-probs: %s", report)
+    return report
+
+
+def compute_true_values(
+    prompts: pd.DataFrame,
+    backend: dict[str, Any],
+    policies: dict[str, Any],
+    policy_defaults: dict[str, Any],
+) -> pd.DataFrame:
+    """True value V(pi) = E[Y] of each policy over the run's prompts, where the backend knows it.
+
+    Only a simulated world knows Y; for other backends ``truth`` is missing.
+
+    Returns:
+        Columns ``policy, truth, truth_se`` (Monte Carlo standard error of ``truth``).
+    """
+    client = backend_from_params(backend)
+    rows = []
+    for name, spec in policy_specs(policies, policy_defaults).items():
+        if isinstance(client, SimulatedTruth) and hasattr(client, "true_value_detail"):
+            value, se = client.true_value_detail(spec, prompts["prompt"].tolist())
+        else:
+            value, se = math.nan, math.nan
+        rows.append({"policy": name, "truth": value, "truth_se": se})
+    return pd.DataFrame(rows, columns=["policy", "truth", "truth_se"])
+
+
+def _logged_responses(prompts: pd.DataFrame, responses: pd.DataFrame, logging_policy: str) -> pd.DataFrame:
+    logged = responses[responses["policy"] == logging_policy][["prompt_id", "response", "error"]]
+    logged = logged[logged["error"].isna()]
+    return prompts[["prompt_id", "prompt"]].merge(logged, on="prompt_id", how="inner")
+
+
+def _missing_to_nan(value: float | None) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _log_failures(stage: str, policy: str, frame: pd.DataFrame) -> None:
+    failed = frame["error"].notna().sum()
+    if failed:
+        first = frame.loc[frame["error"].notna(), ["prompt_id", "error"]].iloc[0]
+        logger.warning(
+            "%s: %d of %d items failed for policy %s (first: prompt_id=%s: %s)",
+            stage, failed, len(frame), policy, first["prompt_id"], first["error"],
+        )

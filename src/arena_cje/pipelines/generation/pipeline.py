@@ -1,0 +1,33 @@
+"""``generation``: responses of every policy, teacher-forced log-probs, true values."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import check_teacher_forcing, compute_true_values, generate_responses, teacher_force_logged_responses
+
+POLICY_PARAMS = ["params:backend", "params:policies", "params:policy_defaults"]
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                generate_responses,
+                ["prompts", *POLICY_PARAMS, "params:generation"],
+                "responses",
+                name="generate_responses",
+            ),
+            Node(
+                teacher_force_logged_responses,
+                ["prompts", "responses", *POLICY_PARAMS, "params:logging_policy"],
+                "logprobs",
+                name="teacher_force_logged_responses",
+            ),
+            Node(
+                check_teacher_forcing,
+                ["responses", "logprobs", "params:logging_policy"],
+                "teacher_forcing_check",
+                name="check_teacher_forcing",
+            ),
+            Node(compute_true_values, ["prompts", *POLICY_PARAMS], "policy_truth", name="compute_true_values"),
+        ]
+    )

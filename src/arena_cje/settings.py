@@ -1,0 +1,27 @@
+"""Project settings: soft-merged parameters, quiet start-up."""
+
+import warnings
+
+from kedro.config import OmegaConfigLoader
+
+from arena_cje.hooks import QuietWarningsHook
+
+# Third-party libraries emit deprecation notices on every command; they are not actionable for
+# users of this project, so they are hidden (our own code's warnings still show).
+for _module in ("kedro_telemetry", "kedro_viz", "omegaconf", "pydantic", "kedro_datasets"):
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=_module)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_module)
+
+HOOKS = (QuietWarningsHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # conf/local (or any --env) overrides single keys of nested parameter blocks instead of
+    # replacing whole top-level blocks: changing `policies.pi_hot.temperature` keeps the rest.
+    "merge_strategy": {"parameters": "soft", "catalog": "soft"},
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+    },
+}
