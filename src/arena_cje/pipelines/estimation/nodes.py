@@ -29,8 +29,8 @@ def estimate_policy_values(
 
     Args:
         cje_logged_data: Logged rows in the reference layout.
-        cje_fresh_draws: Partitions ``{policy}_responses`` (loaded lazily by Kedro).
-        cje_probe_slices: Partitions ``{policy}_probe`` (may be empty).
+        cje_fresh_draws: Policy -> fresh draws (Kedro partitions, loaded lazily).
+        cje_probe_slices: Policy -> oracle-labelled probe of its responses (may be empty).
         estimation: ``estimation`` parameters.
 
     Returns:
@@ -38,8 +38,8 @@ def estimate_policy_values(
     """
     data = CJEDataset.from_frames(
         cje_logged_data,
-        fresh_draws=_by_policy(cje_fresh_draws, "_responses"),
-        probes=_by_policy(cje_probe_slices, "_probe"),
+        fresh_draws=_load_partitions(cje_fresh_draws),
+        probes=_load_partitions(cje_probe_slices),
     )
     return estimate_policies(data, EstimationConfig.from_params(estimation))
 
@@ -94,11 +94,6 @@ def plot_forest(policy_estimates: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _by_policy(partitions: Mapping[str, Any], suffix: str) -> dict[str, pd.DataFrame]:
-    """``{"pi_hot_responses": loader}`` -> ``{"pi_hot": DataFrame}``."""
-    out = {}
-    for name, value in (partitions or {}).items():
-        stem = name.rsplit("/", 1)[-1].removesuffix(".jsonl")
-        policy = stem.removesuffix(suffix)
-        out[policy] = value() if callable(value) else value
-    return out
+def _load_partitions(partitions: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """Kedro partitions (policy -> loader) -> policy -> DataFrame."""
+    return {policy: value() if callable(value) else value for policy, value in (partitions or {}).items()}

@@ -107,8 +107,8 @@ def assemble_cje_dataset(
     Returns:
         ``(logged_data, fresh_draws, probe_slices)``: logged rows carry ``prompt, response,
         base_policy_logprob, target_policy_logprobs{}, judge_score, oracle_label, metadata``;
-        ``fresh_draws`` maps ``{policy}_responses`` and ``probe_slices`` maps ``{policy}_probe``
-        to frames of ``prompt_id, prompt, response, judge_score, draw_idx[, oracle_label]``.
+        ``fresh_draws`` and ``probe_slices`` map each policy (saved as
+        ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt, response, judge_score, draw_idx[, oracle_label]``.
     """
     key = ["prompt_id", "policy", "draw_idx"]
     scored = (
@@ -137,10 +137,10 @@ def assemble_cje_dataset(
         }
     )
     draw_columns = ["prompt_id", "prompt", "response", "judge_score", "draw_idx", "oracle_label"]
-    fresh_draws = {f"{policy}_responses": group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
+    fresh_draws = {policy: group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
     probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][[*key, "oracle_label"]]
     probes = scored.drop(columns="oracle_label").merge(probe_labels, on=key, how="inner")
-    probe_slices = {f"{policy}_probe": group[draw_columns].reset_index(drop=True) for policy, group in probes.groupby("policy")}
+    probe_slices = {policy: group[draw_columns].reset_index(drop=True) for policy, group in probes.groupby("policy")}
     return logged_data, fresh_draws, probe_slices
 
 

@@ -1,0 +1,28 @@
+"""Run pipeline slices in memory (no files, no CLI start-up)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+
+
+def run_in_memory(pipeline: Pipeline, inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run ``pipeline`` with ``inputs`` and ``parameters``; return every dataset it produced.
+
+    ``params:<key>`` entries are filled from the top-level parameter blocks.
+    """
+    catalog = DataCatalog()
+    for name, value in inputs.items():
+        catalog[name] = value
+    for name in pipeline.inputs():
+        if name.startswith("params:"):
+            key = name.removeprefix("params:")
+            value: Any = parameters
+            for part in key.split("."):
+                value = value[part]
+            catalog[name] = value
+    SequentialRunner().run(pipeline, catalog)
+    return {name: catalog[name].load() for name in pipeline.all_outputs()}

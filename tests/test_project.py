@@ -1,0 +1,92 @@
+"""Project-level behaviour: configuration merging, pipeline registry, a whole run on disk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import PROJECT_ROOT, load_parameters
+
+PIPELINES = {"data_prep", "generation", "judging", "labeling", "estimation"}
+
+
+def test_local_override_of_one_policy_field_keeps_the_rest(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", conf / "base")
+    (conf / "local").mkdir()
+    (conf / "local" / "parameters.yml").write_text(yaml.safe_dump({"policies": {"pi_hot": {"temperature": 0.7}}}))
+    base = load_parameters(conf, env="base")
+    merged = load_parameters(conf, env="local")
+    assert merged["policies"]["pi_hot"]["temperature"] == 0.7
+    merged["policies"]["pi_hot"]["temperature"] = base["policies"]["pi_hot"]["temperature"]
+    assert merged == base  # nothing else changed
+
+
+def test_registry_has_the_five_pipelines_and_default_runs_all():
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("arena_cje")
+    assert PIPELINES <= set(pipelines)
+    default_nodes = {n.name for n in pipelines["__default__"].nodes}
+    for name in PIPELINES:
+        assert {n.name for n in pipelines[name].nodes} <= default_nodes
+
+
+def test_every_catalog_entry_is_used_by_a_pipeline():
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("arena_cje")
+    catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())
+    declared = {k for k in catalog if not k.startswith("_")}
+    used = pipelines["__default__"].datasets()
+    assert declared - used == set(), "catalog entries no pipeline reads or writes"
+
+
+def test_every_parameter_block_is_used_by_a_pipeline(base_parameters):
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("arena_cje")
+    used = {d.removeprefix("params:").split(".")[0] for d in pipelines["__default__"].inputs() if d.startswith("params:")}
+    assert set(base_parameters) - used == set()
+
+
+def _copy_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()
+    for layer in (PROJECT_ROOT / "data").iterdir():
+        (project / "data" / layer.name).mkdir(parents=True)
+    return project
+
+
+@pytest.mark.slow
+def test_whole_project_run_in_a_temporary_copy(tmp_path):
+    """`kedro run` end to end (in-process) with a small sample, then estimation alone again."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    project = _copy_project(tmp_path)
+    bootstrap_project(project)
+    params = {"prompts.output_samples": 400, "prompts.pool_size": 2000}
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run()
+    estimates = pd.read_csv(project / "data/07_model_output/policy_estimates.csv")
+    expected = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n", "truth"]
+    assert list(estimates.columns[: len(expected)]) == expected
+    assert (project / "data/08_reporting/forest_plot.png").stat().st_size > 10_000
+    direct = estimates[estimates["estimator"] == "direct"]
+    assert len(direct) == 4 and direct["truth"].notna().all()
+    assert ((direct["ci_lower"] <= direct["truth"]) & (direct["truth"] <= direct["ci_upper"])).all(), direct
+
+    # Estimation alone reruns from the saved primary data and gives the same numbers.
+    (project / "data/07_model_output/policy_estimates.csv").unlink()
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=["estimation"])
+    again = pd.read_csv(project / "data/07_model_output/policy_estimates.csv")
+    pd.testing.assert_frame_equal(estimates, again)
