@@ -1,0 +1,37 @@
+"""Statistical core of Arena CJE: calibration, weights, estimators, inference, diagnostics.
+
+Pure numpy/pandas/scikit-learn/scipy; no Kedro, no backends, no file I/O. Formulas are in the
+module docstrings and in ``docs/statistics.md``.
+
+Usage::
+
+    from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+    data = CJEDataset.from_frames(logged, fresh_draws, probes)
+    result = estimate_policies(data, EstimationConfig.from_params(params["estimation"]))
+"""
+
+from arena_cje.cje.api import EstimationResult, TransportAudit, estimate_policies, transport_audit
+from arena_cje.cje.calibration import CalibrationDiagnostics, fit_calibration
+from arena_cje.cje.config import ALL_ESTIMATORS, EstimationConfig, Gates
+from arena_cje.cje.data import CJEDataset, response_length
+from arena_cje.cje.estimators import ESTIMATORS, EstimatorOutput
+from arena_cje.cje.folds import fold_of
+from arena_cje.cje.weights import WeightDiagnostics
+
+__all__ = [
+    "ALL_ESTIMATORS",
+    "ESTIMATORS",
+    "CalibrationDiagnostics",
+    "CJEDataset",
+    "EstimationConfig",
+    "EstimationResult",
+    "EstimatorOutput",
+    "Gates",
+    "TransportAudit",
+    "WeightDiagnostics",
+    "estimate_policies",
+    "fit_calibration",
+    "fold_of",
+    "response_length",
+    "transport_audit",
+]

@@ -1,0 +1,279 @@
+"""``estimate_policies``: calibration, every requested estimator, intervals, gates and differences.
+
+Transport audit (per policy with a probe): residuals r_j = Y_j - f(S_j) of the full-data calibrator
+on the policy's oracle-labelled probe; delta_hat = mean r_j, SE = sd(r)/sqrt(m), t test of delta = 0
+with m - 1 df. The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
+residual is both practically large and statistically distinguishable from zero); a failing policy's
+calibrated level estimates are ``refused``. Rows of the naive estimator are never refused by the audit
+(they do not use the calibration) but are always ``warning`` (judge scale).
+
+Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction of the weights they
+use is below ``ess_refuse`` and warned below ``ess_warn``; a raw-weight Hill index below
+``hill_warn`` warns SNIPS; judge-score overlap below ``overlap_warn`` warns direct and DR rows;
+fewer than ``min_labels`` oracle labels refuses all calibrated rows.
+
+Paired differences theta_A - theta_B (same estimator) use the prompts both policies' contributions
+share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
+theta_A,k - theta_B,k, and the same Satterthwaite t interval as the levels.
+
+Cluster bootstrap (``n_bootstrap`` > 0): prompts are resampled with replacement, the calibrator is
+refitted and the estimate recomputed in each replicate; the reported SE is the bootstrap SD and the
+CI the percentile interval (replaces the IF/OUA interval for those rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
+from arena_cje.cje.config import EstimationConfig
+from arena_cje.cje.data import CJEDataset
+from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
+from arena_cje.cje.inference import t_interval
+from arena_cje.cje.weights import WeightDiagnostics
+
+ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
+                    "status", "reasons", "ess_fraction"]
+DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n",
+                      "status", "reasons"]
+
+
+@dataclass
+class TransportAudit:
+    """Probe-slice audit of one policy (module docstring)."""
+
+    policy: str
+    n_probe: int
+    mean_residual: float
+    std_error: float
+    ci_lower: float
+    ci_upper: float
+    p_value: float
+    margin: float
+    passed: bool
+
+
+@dataclass
+class EstimationResult:
+    """Everything ``estimate_policies`` produces.
+
+    Attributes:
+        estimates: One row per (policy, estimator); columns ``ESTIMATE_COLUMNS`` plus var_if,
+            var_oua, df (the variance decomposition and t degrees of freedom).
+        differences: Paired differences; columns ``DIFFERENCE_COLUMNS``.
+        calibration: Calibration diagnostics (None when there were too few labels).
+        weights: Per-policy weight diagnostics (policies with log-probs).
+        transport: Probe audits, one per policy with a probe.
+        outputs: Raw estimator outputs (influence contributions), keyed by (policy, estimator).
+    """
+
+    estimates: pd.DataFrame
+    differences: pd.DataFrame
+    calibration: CalibrationDiagnostics | None
+    weights: dict[str, WeightDiagnostics]
+    transport: dict[str, TransportAudit] = field(default_factory=dict)
+    outputs: dict[tuple[str, str], EstimatorOutput] = field(default_factory=dict, repr=False)
+
+    @property
+    def weights_table(self) -> pd.DataFrame:
+        """Weight diagnostics as a flat table (one row per policy)."""
+        return pd.DataFrame([w.as_row() for w in self.weights.values()])
+
+    @property
+    def transport_table(self) -> pd.DataFrame:
+        return pd.DataFrame([a.__dict__ for a in self.transport.values()])
+
+
+def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float) -> TransportAudit:
+    """Audit whether the calibration transports to ``policy`` (module docstring)."""
+    r = probe["oracle_label"].to_numpy(dtype=float) - cal.predict_full(probe)
+    m = r.size
+    d = float(r.mean())
+    se = float(r.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
+    if m > 1 and se > 0:
+        tstat = d / se
+        p = float(2 * stats.t.sf(abs(tstat), m - 1))
+        q = float(stats.t.ppf(1 - alpha / 2, m - 1))
+    else:
+        p, q = (0.0 if d != 0 else 1.0), 0.0
+    lo, hi = d - q * (se if np.isfinite(se) else 0.0), d + q * (se if np.isfinite(se) else 0.0)
+    passed = not (abs(d) > margin and p < alpha)
+    return TransportAudit(policy, m, d, se, lo, hi, p, margin, passed)
+
+
+def _apply_gates(out: EstimatorOutput, ctx: EstimationContext, audit: TransportAudit | None) -> None:
+    g = ctx.config.gates
+    name = out.estimator
+    if out.refused:
+        return
+    if name != "naive" and ctx.cal is not None and ctx.cal.diagnostics.n_labelled < g.min_labels:
+        out.refused = True
+        out.reasons.append(f"only {ctx.cal.diagnostics.n_labelled} oracle labels (< {g.min_labels})")
+    pw = ctx.weights(out.policy) if out.uses_weights else None
+    if pw is not None:
+        d = pw.diagnostics
+        ess = d.ess_raw if name == "snips" else d.ess_simcal
+        label = "raw" if name == "snips" else "SIMCal"
+        if name in ("snips", "calibrated_ips") and ess < g.ess_refuse:
+            out.refused = True
+            out.reasons.append(f"{label} ESS fraction {ess:.3f} < {g.ess_refuse}")
+        elif ess < g.ess_warn:
+            out.warned = True
+            out.reasons.append(f"{label} ESS fraction {ess:.3f} < {g.ess_warn}")
+        if name == "snips" and np.isfinite(d.hill_alpha) and d.hill_alpha < g.hill_warn:
+            out.warned = True
+            out.reasons.append(f"heavy-tailed weights: Hill index {d.hill_alpha:.2f} < {g.hill_warn}")
+    if name in ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr"):
+        f = ctx.fresh(out.policy)
+        if f is not None:
+            from arena_cje.cje.weights import judge_overlap
+
+            ov = judge_overlap(ctx.logged["judge_score"].to_numpy(dtype=float), f["judge"])
+            out.extras["judge_overlap"] = ov
+            if ov < g.overlap_warn:
+                out.warned = True
+                out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
+    if audit is not None and name != "naive" and not audit.passed:
+        out.refused = True
+        out.reasons.append(
+            f"transport audit failed: probe mean residual {audit.mean_residual:+.3f} (SE {audit.std_error:.3f}, n={audit.n_probe})"
+            f" beyond +/-{audit.margin}"
+        )
+
+
+def _status(out: EstimatorOutput) -> str:
+    return "refused" if out.refused else ("warning" if out.warned or out.reasons else "ok")
+
+
+def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> np.ndarray:
+    """Cluster bootstrap replicates of one estimate, refitting the calibrator each time."""
+    rng = np.random.default_rng(config.seed)
+    prompts = pd.unique(data.logged["prompt_id"])
+    reps = []
+    for _ in range(config.n_bootstrap):
+        pick = rng.choice(prompts, size=len(prompts), replace=True)
+        counts = pd.Series(pick).value_counts()
+        # Duplicate clusters get fresh ids so folds and clusters stay distinct.
+        def resample(df: pd.DataFrame) -> pd.DataFrame:
+            parts = []
+            for c in range(1, int(counts.max()) + 1):
+                ids = counts.index[counts >= c]
+                part = df.loc[df["prompt_id"].isin(ids)].copy()
+                part["prompt_id"] = part["prompt_id"].astype(str) + f"#b{c}"
+                parts.append(part)
+            return pd.concat(parts, ignore_index=True)
+
+        lg = data.logged.assign(_row=np.arange(len(data.logged)))
+        lg_b = resample(lg)
+        lp_b = data.logprobs.iloc[lg_b["_row"].to_numpy()].reset_index(drop=True)
+        boot = CJEDataset(
+            logged=lg_b.drop(columns="_row"),
+            logprobs=lp_b,
+            fresh={p: resample(f) for p, f in data.fresh.items()},
+            probes={},
+            covariates=data.covariates,
+        )
+        try:
+            cal = fit_calibration(boot.logged, config.n_folds, config.calibrator, data.covariates, config.reliability_bins)
+        except ValueError:
+            continue
+        ctx = EstimationContext(boot, config, cal)
+        reps.append(run_estimator(ctx, policy, name).estimate)
+    return np.asarray(reps, dtype=float)
+
+
+def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationResult:
+    """Calibrate, run every requested estimator for every policy, and build the result tables.
+
+    Args:
+        data: Validated dataset (``CJEDataset.from_frames``).
+        config: Estimation settings (``EstimationConfig.from_params``).
+
+    Returns:
+        :class:`EstimationResult` (estimates, differences, calibration, weights, transport audits).
+    """
+    cal: CrossFitCalibration | None
+    cal_error = None
+    try:
+        cal = fit_calibration(data.logged, config.n_folds, config.calibrator, data.covariates, config.reliability_bins)
+    except ValueError as e:
+        cal, cal_error = None, str(e)
+    ctx = EstimationContext(data, config, cal)
+    audits = {}
+    if cal is not None:
+        for p, probe in data.probes.items():
+            if len(probe):
+                audits[p] = transport_audit(p, probe, cal, config.transport_margin, config.alpha)
+
+    rows = []
+    for policy in data.policies:
+        for name in config.estimators:
+            out = run_estimator(ctx, policy, name)
+            if cal_error and out.refused and not any(cal_error in r for r in out.reasons):
+                out.reasons.append(cal_error)
+            _apply_gates(out, ctx, audits.get(policy))
+            if out.n >= 2 and np.isfinite(out.estimate):
+                iv = t_interval(out.estimate, out.psi.to_numpy(), out.oua_replicates, config.alpha)
+                se, lo, hi, v_if, v_oua, df = iv.std_error, iv.ci_lower, iv.ci_upper, iv.var_if, iv.var_oua, iv.df
+                if config.n_bootstrap > 0 and name != "naive" and not out.refused:
+                    reps = _bootstrap(data, config, policy, name)
+                    reps = reps[np.isfinite(reps)]
+                    if reps.size >= 10:
+                        se = float(reps.std(ddof=1))
+                        lo, hi = (float(x) for x in np.quantile(reps, [config.alpha / 2, 1 - config.alpha / 2]))
+                        out.extras["bootstrap_replicates"] = int(reps.size)
+            else:
+                se = lo = hi = v_if = v_oua = df = float("nan")
+            ess = float("nan")
+            if out.uses_weights and ctx.weights(policy) is not None:
+                d = ctx.weights(policy).diagnostics
+                ess = d.ess_raw if name == "snips" else d.ess_simcal
+            rows.append({
+                "policy": policy, "estimator": name, "estimate": out.estimate, "std_error": se,
+                "ci_lower": lo, "ci_upper": hi, "n": out.n, "oracle_n": out.oracle_n,
+                "status": _status(out), "reasons": "; ".join(out.reasons), "ess_fraction": ess,
+                "var_if": v_if, "var_oua": v_oua, "df": df,
+            })
+    estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
+    differences = paired_differences(ctx, data.policies, config)
+    weights = {p: ctx.weights(p).diagnostics for p in data.policies if ctx.weights(p) is not None}
+    return EstimationResult(
+        estimates=estimates,
+        differences=differences,
+        calibration=cal.diagnostics if cal is not None else None,
+        weights=weights,
+        transport=audits,
+        outputs=dict(ctx.outputs),
+    )
+
+
+def paired_differences(ctx: EstimationContext, policies: list[str], config: EstimationConfig) -> pd.DataFrame:
+    """theta_A - theta_B on shared prompts for each estimator (module docstring)."""
+    if config.baseline is not None:
+        pairs = [(p, config.baseline) for p in policies if p != config.baseline]
+    else:
+        pairs = [(a, b) for i, a in enumerate(policies) for b in policies[i + 1:]]
+    rows = []
+    for name in config.estimators:
+        for a, b in pairs:
+            oa, ob = ctx.outputs.get((a, name)), ctx.outputs.get((b, name))
+            if oa is None or ob is None or not (np.isfinite(oa.estimate) and np.isfinite(ob.estimate)):
+                continue
+            shared = oa.psi.index.intersection(ob.psi.index)
+            if len(shared) < 2:
+                continue
+            d = oa.psi.reindex(shared).to_numpy() - ob.psi.reindex(shared).to_numpy()
+            reps = None
+            if oa.oua_replicates is not None and ob.oua_replicates is not None:
+                reps = oa.oua_replicates - ob.oua_replicates
+            iv = t_interval(float(d.mean()), d, reps, config.alpha)
+            reasons = [f"{a}: {r}" for r in oa.reasons] + [f"{b}: {r}" for r in ob.reasons]
+            status = "refused" if (oa.refused or ob.refused) else ("warning" if reasons else "ok")
+            rows.append({"policy": a, "baseline": b, "estimator": name, "estimate": iv.estimate, "std_error": iv.std_error,
+                         "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "n": int(len(shared)),
+                         "status": status, "reasons": "; ".join(reasons)})
+    return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)

@@ -1,0 +1,106 @@
+"""Estimation settings, built from the ``estimation:`` block of ``parameters.yml``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
+CALIBRATORS = ("isotonic", "two_stage", "auto")
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Thresholds turning diagnostics into a row status (see docs/statistics.md).
+
+    Attributes:
+        ess_warn: ESS fraction (after SIMCal for calibrated weights) below which a weighted
+            estimate gets ``warning``.
+        ess_refuse: ESS fraction below which an IPS-type (weights-only) estimate is ``refused``.
+        hill_warn: Hill tail index of the raw weights below which the weights' variance is
+            effectively infinite (alpha < 2): ``warning``.
+        overlap_warn: Judge-score overlap (Bhattacharyya coefficient of the logged and fresh
+            judge-score histograms) below which direct/DR rows get ``warning``.
+        min_labels: Fewer oracle labels than this refuses every calibrated estimate.
+    """
+
+    ess_warn: float = 0.10
+    ess_refuse: float = 0.01
+    hill_warn: float = 2.0
+    overlap_warn: float = 0.70
+    min_labels: int = 20
+
+
+@dataclass(frozen=True)
+class EstimationConfig:
+    """All knobs of :func:`arena_cje.cje.estimate_policies`.
+
+    Attributes:
+        estimators: Estimator names, subset of ``ALL_ESTIMATORS``.
+        n_folds: Cross-fitting folds K (assigned by a stable hash of ``prompt_id``).
+        alpha: Two-sided CI level is 1 - alpha.
+        calibrator: ``isotonic``, ``two_stage`` or ``auto`` (1-SE rule on out-of-fold error).
+        oua: Add the oracle-uncertainty jackknife variance (skipped at 100% oracle coverage).
+        var_cap: SIMCal variance cap on the stabilised weights (None disables the blend).
+        n_bootstrap: Cluster-bootstrap replicates refitting the calibrator (0 = IF-based CIs).
+        seed: Seed for the bootstrap and any randomised step.
+        transport_margin: Probe audit tolerance on |mean residual| of the calibration.
+        baseline: Policy used as baseline for paired differences (None = all pairs).
+        reliability_bins: Judge-score bins of the reliability table.
+        gates: Diagnostic thresholds.
+    """
+
+    estimators: tuple[str, ...] = ("naive", "snips", "direct")
+    n_folds: int = 5
+    alpha: float = 0.05
+    calibrator: str = "isotonic"
+    oua: bool = True
+    var_cap: float | None = 1.0
+    n_bootstrap: int = 0
+    seed: int = 0
+    transport_margin: float = 0.05
+    baseline: str | None = None
+    reliability_bins: int = 10
+    gates: Gates = field(default_factory=Gates)
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.estimators if e not in ALL_ESTIMATORS]
+        if unknown:
+            raise ValueError(f"estimation.estimators: unknown estimator(s) {unknown}; allowed: {list(ALL_ESTIMATORS)}")
+        if not self.estimators:
+            raise ValueError("estimation.estimators: empty list")
+        if int(self.n_folds) < 2:
+            raise ValueError(f"estimation.n_folds must be >= 2, got {self.n_folds}")
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"estimation.alpha must be in (0, 1), got {self.alpha}")
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"estimation.calibrator must be one of {list(CALIBRATORS)}, got {self.calibrator!r}")
+        if self.var_cap is not None and float(self.var_cap) <= 0:
+            raise ValueError(f"estimation.var_cap must be > 0 or null, got {self.var_cap}")
+        if int(self.n_bootstrap) < 0:
+            raise ValueError(f"estimation.n_bootstrap must be >= 0, got {self.n_bootstrap}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "EstimationConfig":
+        """Build from the ``estimation:`` parameter block.
+
+        Raises:
+            ValueError: naming unknown keys (top level or under ``gates``) or invalid values.
+        """
+        params = dict(params or {})
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(f"estimation: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        if "gates" in params:
+            g = dict(params["gates"] or {})
+            g_allowed = {f.name for f in fields(Gates)}
+            g_unknown = sorted(set(g) - g_allowed)
+            if g_unknown:
+                raise ValueError(f"estimation.gates: unknown key(s) {g_unknown}; allowed: {sorted(g_allowed)}")
+            params["gates"] = Gates(**g)
+        if "estimators" in params:
+            est = params["estimators"]
+            params["estimators"] = (est,) if isinstance(est, str) else tuple(est)
+        return cls(**params)

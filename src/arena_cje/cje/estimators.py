@@ -1,0 +1,446 @@
+"""CJE estimators behind one small interface.
+
+Each estimator is a function ``(ctx, policy) -> EstimatorOutput`` that returns per-prompt
+contributions psi_g (influence values plus the estimate, summed within a prompt) with
+theta_hat = mean_g psi_g, and the OUA replicates theta_k (the estimate recomputed with the
+delete-one-fold calibrator f^(-k)). Inference is shared (``inference.py``). Notation (CJE paper,
+arXiv 2512.11150): X prompt, A response, S judge score, Y oracle label, L_i = 1 if row i is
+labelled, pi_L = share of labelled logged rows, f the cross-fitted calibrator (R_i = f^(-k(i))(S_i)),
+W the mean-one weights, g_hat(X) = mean of f over the policy's fresh draws for prompt X.
+
+Logged-row estimators aggregate row influence values phi_i into prompts by
+psi_g = (G/n) sum_{i in g} phi_i so that mean_g psi_g = mean_i phi_i and var(psi)/G is the
+cluster-robust variance.
+
+* naive:  psi_g = mean judge score of the policy's fresh draws of prompt g (judge scale, uncalibrated).
+* direct: psi_g = mean_d [ f(S_d) + (L_d/pi_F)(Y_d - f(S_d)) ] over the fresh draws d of prompt g;
+  the residual term (pi_F = labelled share of those draws) only exists when the policy's own fresh
+  draws carry oracle labels (e.g. the logging policy); otherwise psi_g = mean_d f(S_d).
+* snips:  theta = sum_i w_i R_i / sum_i w_i on raw weights; phi_i = w~_i (R_i - theta) + theta.
+* calibrated_ips: the same with SIMCal-W weights.
+* dr_cpo: phi_i = g_hat(X_i) + W_i (L_i/pi_L)(Y_i - f(S_i)): direct method on fresh draws plus the
+  importance-weighted calibration residual on the labelled slice (an AIPW / two-phase-sampling
+  correction: unbiased if either the calibration transports to the policy or the weights are right).
+* mrdr: as dr_cpo with an outcome model q fitted by weighted isotonic regression of Y on S with
+  weights W_i^2 (the variance-minimising weighting of the correction term, Farajtabar et al. 2018),
+  cross-fitted by fold.
+* tmle: initial q = f on the label scale mapped to [0, 1]; one logistic fluctuation
+  logit q* = logit q + eps with eps solving sum_i W_i L_i (Y_i - q*_i) = 0 (so the weighted residual
+  term is zero by construction); theta = mean g*_hat(X) with g* built from q* on the fresh draws.
+* stacked_dr: theta = sum_c beta_c theta_c over {dr_cpo, tmle, mrdr}, beta = argmin over the simplex
+  of beta' Cov(psi) beta (variance of the stacked influence function, scipy SLSQP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import brentq
+from scipy.special import expit, logit
+
+from arena_cje.cje.calibration import CrossFitCalibration, make_calibrator
+from arena_cje.cje.config import EstimationConfig
+from arena_cje.cje.data import CJEDataset
+from arena_cje.cje.folds import fold_of
+from arena_cje.cje.weights import (
+    WeightDiagnostics,
+    ess_fraction,
+    hajek_weights,
+    hill_tail_index,
+    judge_overlap,
+    simcal_weights,
+    _simplex_min_variance,
+)
+
+
+@dataclass
+class EstimatorOutput:
+    """What every estimator returns.
+
+    Attributes:
+        policy: Target policy.
+        estimator: Estimator name.
+        estimate: theta_hat = mean of ``psi`` (NaN when not computable).
+        psi: Per-prompt contributions indexed by prompt_id.
+        oua_replicates: theta_k with calibrator f^(-k), k = 1..K (None: no calibration used).
+        oracle_n: Number of oracle labels the estimate rests on.
+        uses_weights: Whether importance weights enter the estimate.
+        reasons: Why the row is flagged (filled by estimators and gates).
+        refused: True when the estimate cannot be computed or must not be reported.
+        extras: Estimator-specific values (e.g. stacking weights).
+    """
+
+    policy: str
+    estimator: str
+    estimate: float
+    psi: pd.Series
+    oua_replicates: np.ndarray | None = None
+    oracle_n: int = 0
+    uses_weights: bool = False
+    reasons: list[str] = field(default_factory=list)
+    refused: bool = False
+    warned: bool = False
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.psi))
+
+
+def _refused(policy: str, name: str, reason: str) -> EstimatorOutput:
+    return EstimatorOutput(policy, name, float("nan"), pd.Series(dtype=float), reasons=[reason], refused=True)
+
+
+def _prompt_sum(prompt_ids: np.ndarray, phi: np.ndarray) -> pd.Series:
+    """psi_g = (G/n) sum_{i in g} phi_i, indexed by prompt_id."""
+    codes, uniq = pd.factorize(prompt_ids)
+    s = np.bincount(codes, weights=phi, minlength=len(uniq))
+    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id"))
+
+
+def _prompt_mean(prompt_ids: np.ndarray, values: np.ndarray) -> pd.Series:
+    codes, uniq = pd.factorize(prompt_ids)
+    s = np.bincount(codes, weights=values, minlength=len(uniq))
+    c = np.bincount(codes, minlength=len(uniq))
+    return pd.Series(s / c, index=pd.Index(uniq, name="prompt_id"))
+
+
+@dataclass
+class PolicyWeights:
+    """Usable logged rows of a policy with their raw and SIMCal weights."""
+
+    mask: np.ndarray
+    raw: np.ndarray
+    simcal: np.ndarray
+    diagnostics: WeightDiagnostics
+
+
+class EstimationContext:
+    """Shared, lazily computed quantities for one dataset, config and calibration."""
+
+    def __init__(self, data: CJEDataset, config: EstimationConfig, calibration: CrossFitCalibration | None) -> None:
+        self.data = data
+        self.config = config
+        self.cal = calibration
+        self.logged = data.logged
+        self.K = config.n_folds
+        self._weights: dict[str, PolicyWeights] = {}
+        self._fresh: dict[str, dict] = {}
+        self._mrdr: dict[str, dict] = {}
+        self.outputs: dict[tuple[str, str], EstimatorOutput] = {}
+
+    @property
+    def use_oua(self) -> bool:
+        return self.config.oua and self.cal is not None and not self.cal.full_coverage
+
+    @cached_property
+    def folds(self) -> np.ndarray:
+        return fold_of(self.logged["prompt_id"], self.K)
+
+    @cached_property
+    def rewards(self) -> np.ndarray:
+        """R_i = f^(-k(i))(S_i) on the logged rows."""
+        return self.cal.predict_oof(self.logged)
+
+    @cached_property
+    def rewards_k(self) -> np.ndarray:
+        """K x n matrix of f^(-k)(S_i) (OUA replicates)."""
+        return np.vstack([self.cal.predict_fold(self.logged, k) for k in range(self.K)])
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self.logged["oracle_label"].to_numpy(dtype=float)
+
+    def fresh(self, policy: str) -> dict | None:
+        """Fresh draws of a policy with cross-fitted and replicate predictions."""
+        if policy not in self.data.fresh or len(self.data.fresh[policy]) == 0:
+            return None
+        if policy not in self._fresh:
+            f = self.data.fresh[policy]
+            d = {"frame": f, "pid": f["prompt_id"].to_numpy(dtype=object), "judge": f["judge_score"].to_numpy(dtype=float),
+                 "label": f["oracle_label"].to_numpy(dtype=float)}
+            if self.cal is not None:
+                d["pred"] = self.cal.predict_oof(f)
+                d["pred_k"] = np.vstack([self.cal.predict_fold(f, k) for k in range(self.K)])
+            self._fresh[policy] = d
+        return self._fresh[policy]
+
+    def weights(self, policy: str) -> PolicyWeights | None:
+        """Raw and SIMCal weights of a policy (None when it has no log-probs)."""
+        if policy not in self.data.logprobs.columns:
+            return None
+        if policy not in self._weights:
+            lp = self.data.logprobs[policy].to_numpy(dtype=float)
+            base = self.logged["base_logprob"].to_numpy(dtype=float)
+            mask, logw, w = hajek_weights(lp, base)
+            judge = self.logged["judge_score"].to_numpy(dtype=float)
+            fresh = self.fresh(policy)
+            sim = np.full(w.size, np.nan)
+            stack: dict[str, float] = {}
+            gamma = float("nan")
+            if w.size >= 2 and self.cal is not None:
+                res = simcal_weights(w, judge[mask], self.rewards[mask], self.folds[mask], self.config.var_cap)
+                sim, stack, gamma = res.weights, res.stack_weights, res.blend_gamma
+            diag = WeightDiagnostics(
+                policy=policy,
+                n=int(mask.sum()),
+                n_missing_logprob=int((~mask).sum()),
+                ess_raw=ess_fraction(w),
+                ess_simcal=ess_fraction(sim) if np.isfinite(sim).all() and sim.size else float("nan"),
+                max_weight=float(w.max()) if w.size else float("nan"),
+                max_weight_simcal=float(np.max(sim)) if sim.size and np.isfinite(sim).all() else float("nan"),
+                hill_alpha=hill_tail_index(w),
+                near_zero_mass=float(np.mean(w < 1e-3)) if w.size else float("nan"),
+                hellinger_affinity=float(np.mean(np.sqrt(w))) if w.size else float("nan"),
+                judge_overlap=judge_overlap(judge, fresh["judge"]) if fresh is not None else float("nan"),
+                simcal_stack=stack,
+                simcal_gamma=gamma,
+                log_weights=logw,
+            )
+            self._weights[policy] = PolicyWeights(mask=mask, raw=w, simcal=sim, diagnostics=diag)
+        return self._weights[policy]
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimators
+# ----------------------------------------------------------------------------------------------
+
+
+def naive(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Mean judge score of the policy's fresh draws (prompt-averaged); judge scale, no calibration."""
+    f = ctx.fresh(policy)
+    if f is None:
+        return _refused(policy, "naive", "no fresh draws for this policy")
+    psi = _prompt_mean(f["pid"], f["judge"])
+    out = EstimatorOutput(policy, "naive", float(psi.mean()), psi)
+    out.reasons.append("uncalibrated: mean judge score, not on the oracle scale")
+    out.warned = True
+    return out
+
+
+def direct(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Calibrated direct method on fresh draws, with the labelled-draw residual term when available."""
+    f = ctx.fresh(policy)
+    if f is None:
+        return _refused(policy, "direct", "no fresh draws for this policy")
+    lab = ~np.isnan(f["label"])
+    n_lab = int(lab.sum())
+
+    def contrib(pred: np.ndarray) -> np.ndarray:
+        v = pred.copy()
+        if n_lab >= 2:
+            pi_f = n_lab / len(pred)
+            v[lab] += (f["label"][lab] - pred[lab]) / pi_f
+        return v
+
+    psi = _prompt_mean(f["pid"], contrib(f["pred"]))
+    reps = np.array([_prompt_mean(f["pid"], contrib(pk)).mean() for pk in f["pred_k"]]) if ctx.use_oua else None
+    out = EstimatorOutput(policy, "direct", float(psi.mean()), psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled)
+    out.extras["residual_correction"] = n_lab >= 2
+    return out
+
+
+def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> EstimatorOutput:
+    pw = ctx.weights(policy)
+    if pw is None or pw.mask.sum() < 2:
+        return _refused(policy, name, "no target log-probs for this policy on the logged data")
+    w = pw.raw if which == "raw" else pw.simcal
+    if not np.isfinite(w).all():
+        return _refused(policy, name, "weights unavailable")
+    m = pw.mask
+    r = ctx.rewards[m]
+    theta = float(np.sum(w * r) / np.sum(w))
+    wn = w / w.mean()
+    phi = wn * (r - theta) + theta
+    psi = _prompt_sum(ctx.logged["prompt_id"].to_numpy(dtype=object)[m], phi)
+    reps = np.array([np.sum(w * rk[m]) / np.sum(w) for rk in ctx.rewards_k]) if ctx.use_oua else None
+    out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
+    if pw.diagnostics.n_missing_logprob:
+        out.reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
+        out.warned = True
+    return out
+
+
+def snips(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Self-normalised IPS on the raw weights with calibrated rewards."""
+    return _ips(ctx, policy, "snips", "raw")
+
+
+def calibrated_ips(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Self-normalised IPS on the SIMCal-W weights with calibrated rewards."""
+    return _ips(ctx, policy, "calibrated_ips", "simcal")
+
+
+def _dr_setup(ctx: EstimationContext, policy: str, name: str) -> dict | EstimatorOutput:
+    """Rows usable by the DR family: logged rows with both log-probs whose prompt has fresh draws."""
+    pw = ctx.weights(policy)
+    f = ctx.fresh(policy)
+    if f is None:
+        return _refused(policy, name, "no fresh draws for this policy")
+    if pw is None or pw.mask.sum() < 2 or not np.isfinite(pw.simcal).all():
+        return _refused(policy, name, "no target log-probs for this policy on the logged data")
+    pid_all = ctx.logged["prompt_id"].to_numpy(dtype=object)
+    rows = np.flatnonzero(pw.mask)
+    has_fresh = pd.Index(np.unique(f["pid"]))
+    keep = has_fresh.get_indexer(pid_all[rows]) >= 0
+    rows = rows[keep]
+    if rows.size < 2:
+        return _refused(policy, name, "no logged prompt has fresh draws of this policy")
+    w = pw.simcal[keep]
+    w = w / w.mean()
+    y = ctx.labels[rows]
+    lab = ~np.isnan(y)
+    pi_l = lab.mean()
+    reasons = []
+    if (~keep).any():
+        reasons.append(f"{int((~keep).sum())} logged row(s) without fresh draws of the policy excluded")
+    if pw.diagnostics.n_missing_logprob:
+        reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
+    return {"rows": rows, "pid": pid_all[rows], "w": w, "y": y, "lab": lab, "pi": pi_l, "fresh": f, "reasons": reasons,
+            "judge": ctx.logged["judge_score"].to_numpy(dtype=float)[rows], "folds": ctx.folds[rows]}
+
+
+def _g_hat(f: dict, pred: np.ndarray, pids: np.ndarray) -> np.ndarray:
+    """g_hat(X_i) = mean of the outcome model over the fresh draws of prompt X_i."""
+    m = _prompt_mean(f["pid"], pred)
+    return m.reindex(pids).to_numpy(dtype=float)
+
+
+def _dr_phi(s: dict, q_logged: np.ndarray, q_fresh: np.ndarray) -> np.ndarray:
+    """phi_i = g_hat(X_i) + W_i (L_i/pi_L)(Y_i - q_i)."""
+    corr = np.zeros(len(s["rows"]))
+    corr[s["lab"]] = s["w"][s["lab"]] * (s["y"][s["lab"]] - q_logged[s["lab"]]) / s["pi"]
+    return _g_hat(s["fresh"], q_fresh, s["pid"]) + corr
+
+
+def _dr_output(ctx: EstimationContext, policy: str, name: str, s: dict, phi: np.ndarray, reps: np.ndarray | None) -> EstimatorOutput:
+    psi = _prompt_sum(s["pid"], phi)
+    out = EstimatorOutput(policy, name, float(psi.mean()), psi, reps if ctx.use_oua else None,
+                          oracle_n=int(s["lab"].sum()), uses_weights=True, reasons=list(s["reasons"]))
+    out.warned = bool(s["reasons"])
+    return out
+
+
+def dr_cpo(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Calibrated DR: direct method on fresh draws + SIMCal-weighted labelled residual."""
+    s = _dr_setup(ctx, policy, "dr_cpo")
+    if isinstance(s, EstimatorOutput):
+        return s
+    f = s["fresh"]
+    phi = _dr_phi(s, ctx.rewards[s["rows"]], f["pred"])
+    reps = np.array([_dr_phi(s, ctx.rewards_k[k][s["rows"]], f["pred_k"][k]).mean() for k in range(ctx.K)])
+    return _dr_output(ctx, policy, "dr_cpo", s, phi, reps)
+
+
+def mrdr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """MRDR: outcome model by isotonic regression of Y on S weighted by W^2, cross-fitted by fold."""
+    s = _dr_setup(ctx, policy, "mrdr")
+    if isinstance(s, EstimatorOutput):
+        return s
+    f = s["fresh"]
+    lab = s["lab"]
+    jl, yl, wl, fl = s["judge"][lab], s["y"][lab], s["w"][lab] ** 2 + 1e-12, s["folds"][lab]
+    fresh_folds = fold_of(f["pid"], ctx.K)
+    models = []
+    for k in range(ctx.K):
+        tr = fl != k
+        models.append(make_calibrator("isotonic").fit(jl[tr], None, yl[tr], sample_weight=wl[tr]))
+    q_log = np.empty(len(s["rows"]))
+    q_fr = np.empty(len(f["judge"]))
+    for k, m in enumerate(models):
+        q_log[s["folds"] == k] = m.predict(s["judge"][s["folds"] == k])
+        q_fr[fresh_folds == k] = m.predict(f["judge"][fresh_folds == k])
+    phi = _dr_phi(s, q_log, q_fr)
+    reps = np.array([_dr_phi(s, m.predict(s["judge"]), m.predict(f["judge"])).mean() for m in models])
+    return _dr_output(ctx, policy, "mrdr", s, phi, reps)
+
+
+def _tmle_fit(s: dict, q_logged: np.ndarray, q_fresh: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Solve sum_i W_i L_i (Y_i - expit(logit q_i + eps)) = 0 and return the fluctuated q's."""
+    span = hi - lo if hi > lo else 1.0
+    clip = 1e-4
+    z_log = logit(np.clip((q_logged - lo) / span, clip, 1 - clip))
+    z_fr = logit(np.clip((q_fresh - lo) / span, clip, 1 - clip))
+    lab = s["lab"]
+    y01 = (s["y"][lab] - lo) / span
+    wl = s["w"][lab]
+
+    def score(eps: float) -> float:
+        return float(np.sum(wl * (y01 - expit(z_log[lab] + eps))))
+
+    try:
+        eps = brentq(score, -20.0, 20.0)
+    except ValueError:
+        eps = 0.0
+    return lo + span * expit(z_log + eps), lo + span * expit(z_fr + eps), eps
+
+
+def tmle(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """TMLE with a weighted logistic intercept fluctuation of the calibrated outcome model."""
+    s = _dr_setup(ctx, policy, "tmle")
+    if isinstance(s, EstimatorOutput):
+        return s
+    f = s["fresh"]
+    lo, hi = ctx.cal.diagnostics.label_range
+    ql, qf, eps = _tmle_fit(s, ctx.rewards[s["rows"]], f["pred"], lo, hi)
+    phi = _dr_phi(s, ql, qf)
+    reps = []
+    for k in range(ctx.K):
+        qlk, qfk, _ = _tmle_fit(s, ctx.rewards_k[k][s["rows"]], f["pred_k"][k], lo, hi)
+        reps.append(_dr_phi(s, qlk, qfk).mean())
+    out = _dr_output(ctx, policy, "tmle", s, phi, np.array(reps))
+    out.extras["epsilon"] = eps
+    return out
+
+
+STACK_COMPONENTS = ("dr_cpo", "tmle", "mrdr")
+
+
+def stacked_dr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
+    """Convex combination of DR estimators minimising the variance of the stacked influence function."""
+    comps = [run_estimator(ctx, policy, c) for c in STACK_COMPONENTS]
+    comps = [c for c in comps if not c.refused and np.isfinite(c.estimate)]
+    if not comps:
+        return _refused(policy, "stacked_dr", "no DR component available")
+    idx = comps[0].psi.index
+    for c in comps[1:]:
+        idx = idx.intersection(c.psi.index)
+    mat = np.vstack([c.psi.reindex(idx).to_numpy() for c in comps])
+    cov = np.atleast_2d(np.cov(mat)) if len(comps) > 1 else np.ones((1, 1))
+    beta = _simplex_min_variance(cov) if len(comps) > 1 else np.ones(1)
+    psi = pd.Series(beta @ mat, index=idx)
+    reps = None
+    if ctx.use_oua and all(c.oua_replicates is not None for c in comps):
+        reps = beta @ np.vstack([c.oua_replicates for c in comps])
+    reasons = sorted({r for c in comps for r in c.reasons})
+    out = EstimatorOutput(policy, "stacked_dr", float(psi.mean()), psi, reps, oracle_n=comps[0].oracle_n,
+                          uses_weights=True, reasons=reasons, warned=any(c.warned for c in comps))
+    out.extras["stack_weights"] = {c.estimator: float(b) for c, b in zip(comps, beta, strict=True)}
+    return out
+
+
+ESTIMATORS: dict[str, Callable[[EstimationContext, str], EstimatorOutput]] = {
+    "naive": naive,
+    "snips": snips,
+    "calibrated_ips": calibrated_ips,
+    "direct": direct,
+    "dr_cpo": dr_cpo,
+    "mrdr": mrdr,
+    "tmle": tmle,
+    "stacked_dr": stacked_dr,
+}
+
+
+def run_estimator(ctx: EstimationContext, policy: str, name: str) -> EstimatorOutput:
+    """Run (and memoise) one estimator for one policy."""
+    key = (policy, name)
+    if key not in ctx.outputs:
+        if name != "naive" and ctx.cal is None:
+            ctx.outputs[key] = _refused(policy, name, "no calibration (too few oracle labels)")
+        else:
+            ctx.outputs[key] = ESTIMATORS[name](ctx, policy)
+    return ctx.outputs[key]

@@ -1,0 +1,76 @@
+"""Standard errors, the OUA jackknife and t intervals.
+
+Every estimator returns per-prompt contributions psi_g (g = 1..G prompts) whose mean is the
+estimate, theta_hat = (1/G) sum_g psi_g. Rows of one prompt are summed into its psi_g, so
+
+* IF variance (cluster-robust by prompt):  V_IF = s^2_psi / G,  s^2_psi = sum_g (psi_g - theta_hat)^2 / (G - 1),
+  with G - 1 degrees of freedom.
+* OUA variance (CJE paper, "oracle-uncertainty-aware" inference): with theta_k the estimate recomputed
+  with the calibrator f^(-k) fitted without oracle fold k (k = 1..K),
+  V_OUA = (K - 1)/K * sum_k (theta_k - mean_k theta_k)^2   (delete-one-group jackknife), K - 1 df.
+  Skipped (V_OUA = 0) at 100% oracle coverage, where the calibration is not a sampled quantity.
+* Total V = V_IF + V_OUA; degrees of freedom by Welch-Satterthwaite,
+  df = V^2 / (V_IF^2/(G-1) + V_OUA^2/(K-1)), so the t critical value reflects how much of the
+  variance rests on only K - 1 jackknife degrees of freedom. CI = theta_hat +/- t_{1-alpha/2, df} sqrt(V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its variance decomposition and t interval."""
+
+    estimate: float
+    std_error: float
+    ci_lower: float
+    ci_upper: float
+    var_if: float
+    var_oua: float
+    df: float
+
+
+def cluster_variance(psi: np.ndarray) -> float:
+    """V_IF = var(psi, ddof=1) / G for per-prompt contributions psi (NaN if G < 2)."""
+    psi = np.asarray(psi, dtype=float)
+    if len(psi) < 2:
+        return float("nan")
+    return float(np.var(psi, ddof=1) / len(psi))
+
+
+def jackknife_variance(replicates: np.ndarray | None) -> float:
+    """Delete-one-group jackknife: (K-1)/K * sum_k (theta_k - mean theta)^2; 0 when None."""
+    if replicates is None or len(replicates) < 2:
+        return 0.0
+    r = np.asarray(replicates, dtype=float)
+    k = len(r)
+    return float((k - 1) / k * np.sum((r - r.mean()) ** 2))
+
+
+def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
+    """Welch-Satterthwaite df of v1 + v2 with component dfs df1, df2."""
+    if v2 <= 0 or not np.isfinite(v2):
+        return float(df1)
+    if v1 <= 0:
+        return float(df2)
+    return float((v1 + v2) ** 2 / (v1**2 / df1 + v2**2 / df2))
+
+
+def t_interval(estimate: float, psi: np.ndarray, oua_replicates: np.ndarray | None, alpha: float) -> Interval:
+    """t interval from the cluster IF variance plus the OUA jackknife variance (module docstring)."""
+    g = len(psi)
+    v_if = cluster_variance(psi)
+    v_oua = jackknife_variance(oua_replicates)
+    k = 0 if oua_replicates is None else len(oua_replicates)
+    df = satterthwaite_df(v_if, g - 1, v_oua, k - 1) if g > 1 else float("nan")
+    v = v_if + v_oua
+    se = float(np.sqrt(v)) if np.isfinite(v) else float("nan")
+    if not np.isfinite(se) or not np.isfinite(df) or df <= 0:
+        return Interval(estimate, se, float("nan"), float("nan"), v_if, v_oua, df)
+    q = float(stats.t.ppf(1 - alpha / 2, df))
+    return Interval(estimate, se, estimate - q * se, estimate + q * se, v_if, v_oua, df)

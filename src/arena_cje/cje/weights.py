@@ -1,0 +1,192 @@
+"""Importance weights from teacher-forced log-probs, SIMCal-W stabilisation and weight diagnostics.
+
+Raw weights (computed in log space so nothing overflows):
+    log w_i = logprob_target(A_i | X_i) - logprob_logging(A_i | X_i),
+    w~_i = exp(log w_i - max_j log w_j) / mean_j exp(log w_j - max_j log w_j)   (Hajek: mean one).
+Rows whose target or logging log-prob is missing are excluded and counted (``n_missing_logprob``).
+
+SIMCal-W (CJE paper, arXiv 2512.11150, "SIMCal"): the oracle-free weights are projected onto
+functions of the judge score S that are monotone, W^+ = iso_up(S -> w~) and W^- = iso_down(S -> w~);
+PAV projections preserve the mean, so both stay mean one (and non-negative). With R_i the calibrated
+reward, each candidate c in {raw, W^+, W^-} has IPS influence values phi_{c,i} = W_{c,i}(R_i - theta_c);
+the projections are fitted out of fold (by prompt fold) to get honest phi's, and the stacking weights
+beta = argmin_{beta in simplex} beta' Cov(phi) beta (scipy SLSQP) combine the in-sample candidates.
+Finally a variance cap rho blends toward uniform: W = 1 + gamma (W_stack - 1) with
+gamma = min(1, sqrt(rho / Var(W_stack))), so Var(W) <= rho and ESS/n >= 1/(1 + rho).
+
+Diagnostics:
+    ESS fraction = (sum w)^2 / (n sum w^2);  max weight = max w~ (mean-one scale);
+    Hill tail index (top k = max(10, 5% n) weights): alpha_hat = 1 / mean_{j<=k} log(w_(j) / w_(k+1)),
+      alpha < 2 means the weights have no finite variance;
+    near-zero mass = share of rows with w~ < 1e-3 (log-prob mass the target gives ~nothing);
+    Hellinger affinity A = mean sqrt(w~) = estimate of sum sqrt(pi_target pi_logging) (1 = identical).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.isotonic import IsotonicRegression
+
+
+def hajek_weights(logprob_target: np.ndarray, logprob_base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean-one weights on the rows with both log-probs.
+
+    Returns:
+        (mask of usable rows, log-ratios on those rows, mean-one weights on those rows).
+    """
+    mask = ~(np.isnan(logprob_target) | np.isnan(logprob_base))
+    logw = logprob_target[mask] - logprob_base[mask]
+    if logw.size == 0:
+        return mask, logw, logw.copy()
+    e = np.exp(logw - logw.max())
+    return mask, logw, e / e.mean()
+
+
+def ess_fraction(w: np.ndarray) -> float:
+    """(sum w)^2 / (n sum w^2)."""
+    if w.size == 0:
+        return float("nan")
+    return float(w.sum() ** 2 / (w.size * np.sum(w**2)))
+
+
+def hill_tail_index(w: np.ndarray, k: int | None = None) -> float:
+    """Hill estimator of the Pareto tail index of the weights (module docstring)."""
+    n = w.size
+    if n < 20:
+        return float("nan")
+    k = k or max(10, int(0.05 * n))
+    k = min(k, n - 1)
+    top = np.sort(w)[::-1][: k + 1]
+    if top[k] <= 0:
+        return float("nan")
+    m = np.mean(np.log(top[:k] / top[k]))
+    return float(1.0 / m) if m > 0 else float("inf")
+
+
+def _simplex_min_variance(cov: np.ndarray) -> np.ndarray:
+    """argmin_{beta >= 0, sum beta = 1} beta' C beta, by SLSQP."""
+    m = cov.shape[0]
+    scale = float(np.trace(cov)) / m or 1.0
+    c = cov / scale
+    res = minimize(
+        lambda b: b @ c @ b,
+        np.full(m, 1.0 / m),
+        jac=lambda b: 2 * c @ b,
+        bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
+        method="SLSQP",
+    )
+    b = np.clip(res.x, 0, None)
+    return b / b.sum()
+
+
+def _monotone(judge: np.ndarray, w: np.ndarray, increasing: bool, judge_new: np.ndarray) -> np.ndarray:
+    iso = IsotonicRegression(increasing=increasing, out_of_bounds="clip", y_min=0.0).fit(judge, w)
+    return np.clip(iso.predict(judge_new), 0.0, None)
+
+
+@dataclass
+class SimcalResult:
+    """Stabilised weights (mean one) and how they were built."""
+
+    weights: np.ndarray
+    stack_weights: dict[str, float]
+    blend_gamma: float
+    var_before_blend: float
+
+
+def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None) -> SimcalResult:
+    """SIMCal-W stabilised weights (module docstring).
+
+    Args:
+        w: Mean-one raw weights.
+        judge: Judge scores of the same rows (the ordering index).
+        reward: Calibrated rewards (for the influence values used to stack).
+        folds: Prompt folds of the rows (out-of-fold projections).
+        var_cap: rho, or None for no blend.
+    """
+    n = w.size
+    names = ["raw", "increasing", "decreasing"]
+    full = [w, _monotone(judge, w, True, judge), _monotone(judge, w, False, judge)]
+    full = [c / c.mean() if c.mean() > 0 else np.ones(n) for c in full]
+    oof = [w.copy(), np.empty(n), np.empty(n)]
+    for k in np.unique(folds):
+        te = folds == k
+        tr = ~te
+        if tr.sum() < 2:
+            oof[1][te] = full[1][te]
+            oof[2][te] = full[2][te]
+            continue
+        oof[1][te] = _monotone(judge[tr], w[tr], True, judge[te])
+        oof[2][te] = _monotone(judge[tr], w[tr], False, judge[te])
+    phis = []
+    for c in oof:
+        c = c / c.mean() if c.mean() > 0 else np.ones(n)
+        theta = np.mean(c * reward)
+        phis.append(c * reward - theta * c)
+    cov = np.cov(np.vstack(phis))
+    beta = _simplex_min_variance(np.atleast_2d(cov)) if np.all(np.isfinite(cov)) else np.array([0.0, 0.5, 0.5])
+    stacked = sum(b * c for b, c in zip(beta, full, strict=True))
+    stacked = stacked / stacked.mean()
+    v = float(np.var(stacked))
+    gamma = 1.0
+    if var_cap is not None and v > var_cap:
+        gamma = float(np.sqrt(var_cap / v))
+    out = 1.0 + gamma * (stacked - 1.0)
+    return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma, var_before_blend=v)
+
+
+@dataclass
+class WeightDiagnostics:
+    """Per-policy importance-weight diagnostics.
+
+    Attributes:
+        policy: Target policy.
+        n: Rows with both log-probs.
+        n_missing_logprob: Logged rows excluded because a log-prob was missing.
+        ess_raw: ESS fraction of the raw Hajek weights.
+        ess_simcal: ESS fraction after SIMCal-W (NaN if not computed).
+        max_weight: Largest raw mean-one weight.
+        max_weight_simcal: Largest SIMCal weight.
+        hill_alpha: Hill tail index of the raw weights.
+        near_zero_mass: Share of rows with raw mean-one weight < 1e-3.
+        hellinger_affinity: mean sqrt(w~) of the raw weights.
+        judge_overlap: Bhattacharyya coefficient of logged vs fresh judge-score histograms.
+        simcal_stack: Stacking weights of the SIMCal candidates.
+        simcal_gamma: Blend factor toward uniform (1 = no blend).
+        log_weights: Raw log-ratios (for histograms).
+    """
+
+    policy: str
+    n: int
+    n_missing_logprob: int
+    ess_raw: float
+    ess_simcal: float
+    max_weight: float
+    max_weight_simcal: float
+    hill_alpha: float
+    near_zero_mass: float
+    hellinger_affinity: float
+    judge_overlap: float
+    simcal_stack: dict[str, float] = field(default_factory=dict)
+    simcal_gamma: float = float("nan")
+    log_weights: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+    def as_row(self) -> dict[str, float | int | str]:
+        """Flat dict (no arrays) for a diagnostics table."""
+        d = {k: v for k, v in self.__dict__.items() if k not in ("log_weights", "simcal_stack")}
+        d.update({f"simcal_beta_{k}": v for k, v in self.simcal_stack.items()})
+        return d
+
+
+def judge_overlap(logged_judge: np.ndarray, fresh_judge: np.ndarray, bins: int = 20) -> float:
+    """Bhattacharyya coefficient sum_b sqrt(p_b q_b) of the two judge-score histograms on [0, 1]."""
+    if logged_judge.size == 0 or fresh_judge.size == 0:
+        return float("nan")
+    edges = np.linspace(0, 1, bins + 1)
+    p = np.histogram(logged_judge, edges)[0] / logged_judge.size
+    q = np.histogram(fresh_judge, edges)[0] / fresh_judge.size
+    return float(np.sum(np.sqrt(p * q)))
