@@ -34,7 +34,7 @@ from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.weights import WeightDiagnostics
+from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
                     "status", "reasons", "ess_fraction"]
@@ -105,15 +105,30 @@ def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, 
     return TransportAudit(policy, m, d, se, lo, hi, p, margin, passed)
 
 
-def _apply_gates(out: EstimatorOutput, ctx: EstimationContext, audit: TransportAudit | None) -> None:
+@dataclass
+class RowStatus:
+    """Status of one estimate row: the estimator's own reasons plus the gates' (outputs stay untouched)."""
+
+    refused: bool
+    warned: bool
+    reasons: list[str]
+
+    @property
+    def status(self) -> str:
+        return "refused" if self.refused else ("warning" if self.warned or self.reasons else "ok")
+
+
+def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportAudit | None) -> RowStatus:
+    """Combine the estimator's own flags with the diagnostic gates and the transport audit."""
+    out = RowStatus(est.refused, est.warned, list(est.reasons))
     g = ctx.config.gates
-    name = out.estimator
+    name = est.estimator
     if out.refused:
-        return
+        return out
     if name != "naive" and ctx.cal is not None and ctx.cal.diagnostics.n_labelled < g.min_labels:
         out.refused = True
         out.reasons.append(f"only {ctx.cal.diagnostics.n_labelled} oracle labels (< {g.min_labels})")
-    pw = ctx.weights(out.policy) if out.uses_weights else None
+    pw = ctx.weights(est.policy) if est.uses_weights else None
     if pw is not None:
         d = pw.diagnostics
         ess = d.ess_raw if name == "snips" else d.ess_simcal
@@ -128,12 +143,9 @@ def _apply_gates(out: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             out.warned = True
             out.reasons.append(f"heavy-tailed weights: Hill index {d.hill_alpha:.2f} < {g.hill_warn}")
     if name in ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr"):
-        f = ctx.fresh(out.policy)
+        f = ctx.fresh(est.policy)
         if f is not None:
-            from arena_cje.cje.weights import judge_overlap
-
             ov = judge_overlap(ctx.logged["judge_score"].to_numpy(dtype=float), f["judge"])
-            out.extras["judge_overlap"] = ov
             if ov < g.overlap_warn:
                 out.warned = True
                 out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
@@ -143,10 +155,7 @@ def _apply_gates(out: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             f"transport audit failed: probe mean residual {audit.mean_residual:+.3f} (SE {audit.std_error:.3f}, n={audit.n_probe})"
             f" beyond +/-{audit.margin}"
         )
-
-
-def _status(out: EstimatorOutput) -> str:
-    return "refused" if out.refused else ("warning" if out.warned or out.reasons else "ok")
+    return out
 
 
 def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> np.ndarray:
@@ -210,16 +219,18 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 audits[p] = transport_audit(p, probe, cal, config.transport_margin, config.alpha)
 
     rows = []
+    statuses: dict[tuple[str, str], RowStatus] = {}
     for policy in data.policies:
         for name in config.estimators:
             out = run_estimator(ctx, policy, name)
-            if cal_error and out.refused and not any(cal_error in r for r in out.reasons):
-                out.reasons.append(cal_error)
-            _apply_gates(out, ctx, audits.get(policy))
+            st = _apply_gates(out, ctx, audits.get(policy))
+            if cal_error and st.refused and not any(cal_error in r for r in st.reasons):
+                st.reasons.append(cal_error)
+            statuses[(policy, name)] = st
             if out.n >= 2 and np.isfinite(out.estimate):
                 iv = t_interval(out.estimate, out.psi.to_numpy(), out.oua_replicates, config.alpha)
                 se, lo, hi, v_if, v_oua, df = iv.std_error, iv.ci_lower, iv.ci_upper, iv.var_if, iv.var_oua, iv.df
-                if config.n_bootstrap > 0 and name != "naive" and not out.refused:
+                if config.n_bootstrap > 0 and name != "naive" and not st.refused:
                     reps = _bootstrap(data, config, policy, name)
                     reps = reps[np.isfinite(reps)]
                     if reps.size >= 10:
@@ -235,11 +246,11 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
             rows.append({
                 "policy": policy, "estimator": name, "estimate": out.estimate, "std_error": se,
                 "ci_lower": lo, "ci_upper": hi, "n": out.n, "oracle_n": out.oracle_n,
-                "status": _status(out), "reasons": "; ".join(out.reasons), "ess_fraction": ess,
+                "status": st.status, "reasons": "; ".join(st.reasons), "ess_fraction": ess,
                 "var_if": v_if, "var_oua": v_oua, "df": df,
             })
     estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
-    differences = paired_differences(ctx, data.policies, config)
+    differences = paired_differences(ctx, data.policies, config, statuses)
     weights = {p: ctx.weights(p).diagnostics for p in data.policies if ctx.weights(p) is not None}
     return EstimationResult(
         estimates=estimates,
@@ -251,7 +262,8 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
     )
 
 
-def paired_differences(ctx: EstimationContext, policies: list[str], config: EstimationConfig) -> pd.DataFrame:
+def paired_differences(ctx: EstimationContext, policies: list[str], config: EstimationConfig,
+                       statuses: dict[tuple[str, str], RowStatus]) -> pd.DataFrame:
     """theta_A - theta_B on shared prompts for each estimator (module docstring)."""
     if config.baseline is not None:
         pairs = [(p, config.baseline) for p in policies if p != config.baseline]
@@ -271,8 +283,9 @@ def paired_differences(ctx: EstimationContext, policies: list[str], config: Esti
             if oa.oua_replicates is not None and ob.oua_replicates is not None:
                 reps = oa.oua_replicates - ob.oua_replicates
             iv = t_interval(float(d.mean()), d, reps, config.alpha)
-            reasons = [f"{a}: {r}" for r in oa.reasons] + [f"{b}: {r}" for r in ob.reasons]
-            status = "refused" if (oa.refused or ob.refused) else ("warning" if reasons else "ok")
+            sa, sb = statuses[(a, name)], statuses[(b, name)]
+            reasons = [f"{a}: {r}" for r in sa.reasons] + [f"{b}: {r}" for r in sb.reasons]
+            status = "refused" if (sa.refused or sb.refused) else ("warning" if reasons else "ok")
             rows.append({"policy": a, "baseline": b, "estimator": name, "estimate": iv.estimate, "std_error": iv.std_error,
                          "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "n": int(len(shared)),
                          "status": status, "reasons": "; ".join(reasons)})

@@ -403,7 +403,7 @@ STACK_COMPONENTS = ("dr_cpo", "tmle", "mrdr")
 def stacked_dr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
     """Convex combination of DR estimators minimising the variance of the stacked influence function."""
     comps = [run_estimator(ctx, policy, c) for c in STACK_COMPONENTS]
-    comps = [c for c in comps if not c.refused and np.isfinite(c.estimate)]
+    comps = [c for c in comps if c.n >= 2 and np.isfinite(c.estimate)]
     if not comps:
         return _refused(policy, "stacked_dr", "no DR component available")
     idx = comps[0].psi.index
