@@ -1,0 +1,376 @@
+"""The simulated language model: per-(prompt, policy) logit tables, sampling and exact log-probs.
+
+Model.  The next-token logit of word ``v`` after a token of class ``s`` (``s = START`` at the first
+step) is
+
+    z[s, v] = logit_scale * (B[c] + A[s, c] + shift_policy[c] + shift_prompt[c] + w[v] + e_prompt[v]),
+    c = class of v relative to the prompt's topic,
+
+with ``B`` base class logits, ``A`` class transitions, ``w`` the world's word logits (seeded Zipf-like
+weights minus ``log |class|``, so a class's total mass does not grow with its size) and ``e_prompt``
+a hashed per-prompt perturbation.  The end-of-turn (EOT) logit depends on the position ``t`` (number
+of words already produced):
+
+    z_eot[s, t] = logsumexp_v z[s, v] + A_eot[s] + eot_slope * log((t + 1) / L),
+
+``L`` being the prompt's target length times the policy's length multiplier, so that at ``T = 1`` the
+EOT hazard is ``sigmoid(A_eot[s] + eot_slope log((t+1)/L))``.  At temperature ``T`` the step
+distribution is ``log_softmax([z[s, :], z_eot[s, t]] / T)``; with ``logZ[s, t] =
+logaddexp(logsumexp_v z[s, v] / T, z_eot[s, t] / T)`` the exact log-prob of a word is
+``z[s, v] / T - logZ[s, t]`` and of EOT ``z_eot[s, t] / T - logZ[s, t]``.
+
+Exactness.  Tables are computed one prompt at a time (same array shapes every time), cached, and
+the per-token log-prob is always the single subtraction above on table entries; sequence totals are
+sums in token order starting from 0.0.  Generation and teacher forcing therefore agree bitwise.
+
+Sampling is counter-based: the uniform for step ``t`` of a sequence is ``splitmix64(key + (t + 1) G)``
+with a per-sequence key, so a sequence's draw does not depend on the batch it is generated in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from arena_cje.backends.simulated.features import PolicyFeatures, PromptFeatures
+from arena_cje.backends.simulated.vocab import (
+    ERR,
+    FIL,
+    GEN,
+    MIS,
+    N_CLASSES,
+    N_WORDS,
+    OFF,
+    ON,
+    REA,
+    TOPIC_OFFSET,
+    TOPIC_SIZE,
+    WORD_BASE_CLASS,
+    word_classes,
+)
+
+START = N_CLASSES          # state index of "no previous token"
+N_STATES = N_CLASSES + 1
+UNKNOWN = N_CLASSES        # class of an out-of-vocabulary word in quality/judge features
+OOV_ID = N_WORDS           # token id used for out-of-vocabulary words in quality/judge features
+
+#: Base class logits: log of the class shares of a plain T = 1 response.
+BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.04, 0.006]))
+#: Class transitions A[prev_state, class] (rows: FUNC, ON, OFF, GEN, FIL, REA, ERR, MIS, START).
+TRANSITION = np.array([
+    # FUNC  ON    OFF   GEN   FIL   REA   ERR   MIS
+    [-1.5, 0.4, 0.0, 0.3, -0.3, -0.3, 0.0, 0.0],   # after FUNC
+    [0.3, -0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],     # after ON
+    [0.3, -0.3, 0.3, 0.0, 0.0, 0.0, 0.2, 0.0],     # after OFF
+    [0.3, 0.0, 0.0, -0.5, 0.0, 0.0, 0.0, 0.0],     # after GEN
+    [0.0, 0.0, 0.0, 0.0, -0.5, 0.0, 0.0, 0.0],     # after FIL
+    [0.2, 0.3, 0.0, 0.0, -0.3, -1.5, 0.0, 0.0],    # after REA
+    [0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.7, 0.0],      # after ERR (errors cluster)
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5],      # after MIS
+    [-0.5, 0.0, 0.0, 0.0, 0.6, 0.3, 0.0, 0.0],     # START
+])
+#: EOT offset per previous state: hard to stop after a function word, impossible-ish at START.
+EOT_OFFSET = np.array([-3.0, 0.0, -0.5, -0.5, -1.0, -1.0, -0.5, 0.0, -6.0])
+
+def _lse_rows(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (wrapping arithmetic is intended)."""
+    z = x + np.uint64(_GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def sequence_keys(*parts: np.ndarray | int) -> np.ndarray:
+    """Combine integer arrays/ints (any sign, reduced mod 2^64) into per-sequence uint64 keys."""
+    arrays = [np.atleast_1d(np.asarray(p, dtype=object)) for p in parts]
+    n = max(a.size for a in arrays)
+    key = np.zeros(n, dtype=np.uint64)
+    for a in arrays:
+        vals = np.array([int(v) & _MASK64 for v in np.broadcast_to(a, (n,))], dtype=np.uint64)
+        key = _mix64(key ^ vals)
+    return key
+
+
+def step_uniforms(keys: np.ndarray, t: int) -> np.ndarray:
+    """Uniforms in [0, 1) for step ``t`` of the sequences with ``keys`` (53-bit resolution)."""
+    offset = np.uint64(((t + 1) * _GOLDEN) & _MASK64)
+    bits = _mix64(keys + offset)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Logit tables of one (prompt, policy) pair.
+
+    Attributes:
+        zT: ``z[s, v] / T``, shape (N_STATES, N_WORDS).
+        logZ: Log normaliser per state and position, shape (N_STATES, max_tokens).
+        logp_eot: EOT log-prob per state and position, shape (N_STATES, max_tokens).
+        cdf: Cumulative probabilities of the words given "not EOT", shape (N_STATES, N_WORDS),
+            last column exactly 1.
+        cls: Class of every word relative to the prompt's topic, shape (N_WORDS,).
+    """
+
+    zT: np.ndarray
+    logZ: np.ndarray
+    logp_eot: np.ndarray
+    cdf: np.ndarray
+    cls: np.ndarray
+
+
+class WorldModel:
+    """The world's fixed "weights" and the table builder / sampler.
+
+    Args:
+        seed: World seed (word weights, prompt perturbations, sampling keys, judge noise).
+        logit_scale: Multiplies all word logits (larger = peakier distributions, heavier
+            importance weights between temperatures).
+        word_noise_sd: SD of the seeded per-word logit noise.
+        prompt_noise_sd: SD of the hashed per-(prompt, word) logit perturbation.
+        eot_slope: Steepness of the end-of-turn hazard around the target length.
+        cache_size: Number of (prompt, policy) tables kept in memory (LRU).
+    """
+
+    def __init__(self, seed: int = 0, logit_scale: float = 1.0, word_noise_sd: float = 0.35,
+                 prompt_noise_sd: float = 0.25, eot_slope: float = 4.0, cache_size: int = 6000) -> None:
+        self.seed = int(seed)
+        self.logit_scale = float(logit_scale)
+        self.prompt_noise_sd = float(prompt_noise_sd)
+        self.eot_slope = float(eot_slope)
+        self.cache_size = int(cache_size)
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        # Zipf-like weights within each class (rank order is a seeded permutation), centred.
+        w = np.zeros(N_WORDS)
+        for c in range(N_CLASSES):
+            idx = np.flatnonzero(WORD_BASE_CLASS == c)
+            if idx.size == 0:  # OFF exists only relative to a prompt's topic
+                continue
+            ranks = rng.permutation(idx.size) + 1
+            wc = -0.6 * np.log(ranks) + rng.normal(0.0, word_noise_sd, idx.size)
+            w[idx] = wc - wc.mean()
+        self.word_logit = w
+        self._cache: OrderedDict[tuple, Tables] = OrderedDict()
+
+    # ------------------------------------------------------------------ tables
+    def tables(self, pf: PromptFeatures, pol: PolicyFeatures, temperature: float, max_tokens: int) -> Tables:
+        """The (cached) tables of a prompt under a policy; see the module docstring for formulas."""
+        key = (pf, pol, float(temperature), int(max_tokens))
+        tab = self._cache.get(key)
+        if tab is not None:
+            self._cache.move_to_end(key)
+            return tab
+        tab = self._build(pf, pol, float(temperature), int(max_tokens))
+        self._cache[key] = tab
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return tab
+
+    def _build(self, pf: PromptFeatures, pol: PolicyFeatures, T: float, max_tokens: int) -> Tables:
+        if not T > 0:
+            raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        cls = word_classes(pf.topic)
+        d = pf.difficulty
+        shift = np.asarray(pol.class_shift, dtype=np.float64).copy()
+        shift[ERR] += 1.2 * d - 0.4                 # harder prompts -> more errors
+        shift[REA] += 0.5 * d                       # ... and more reasoning
+        if pol.cot:
+            shift[ERR] -= 0.5 * d                   # step-by-step helps most where it is hard
+        class_logit = BASE_CLASS_LOGIT[None, :] + TRANSITION + shift[None, :]       # (S, C)
+        counts = np.bincount(cls, minlength=N_CLASSES)
+        prng = np.random.default_rng([self.seed, pf.key & 0xFFFFFFFF, pf.key >> 32])
+        e_prompt = prng.normal(0.0, self.prompt_noise_sd, N_WORDS)
+        word = self.word_logit - np.log(counts[cls]) + e_prompt                     # (V,)
+        z = self.logit_scale * (class_logit[:, cls] + word[None, :])                # (S, V)
+        lse1 = _lse_rows(z)                                                  # (S,)
+        L = max(pf.target_length * pol.length_mult, 2.0)
+        t = np.arange(max_tokens, dtype=np.float64)
+        z_eot = lse1[:, None] + EOT_OFFSET[:, None] + self.eot_slope * np.log((t[None, :] + 1.0) / L)
+        zT = z / T
+        lseT = _lse_rows(zT)                                                 # (S,)
+        zeT = z_eot / T
+        logZ = np.logaddexp(lseT[:, None], zeT)
+        logp_eot = zeT - logZ
+        q = np.exp(zT - lseT[:, None])
+        cdf = np.cumsum(q, axis=1)
+        cdf /= cdf[:, -1:]
+        cdf[:, -1] = 1.0
+        for arr in (zT, logZ, logp_eot, cdf):
+            arr.setflags(write=False)
+        return Tables(zT=zT, logZ=logZ, logp_eot=logp_eot, cdf=cdf, cls=cls.astype(np.int64))
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, tabs: list[Tables], rows: np.ndarray, keys: np.ndarray, max_tokens: int,
+               record_logprobs: bool = True) -> dict[str, np.ndarray]:
+        """Sample one sequence per entry of ``rows`` (index into ``tabs``), all steps vectorised.
+
+        Returns a dict with ``tokens`` (B, max_tokens) int (-1 padding), ``length`` (words),
+        ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT) and,
+        if requested, ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
+        """
+        B = rows.size
+        U = len(tabs)
+        V = N_WORDS
+        S = N_STATES
+        zT = np.stack([tb.zT for tb in tabs])              # (U, S, V)
+        logZ = np.stack([tb.logZ for tb in tabs])          # (U, S, Tm)
+        lpe = np.stack([tb.logp_eot for tb in tabs])       # (U, S, Tm)
+        cls = np.stack([tb.cls for tb in tabs])            # (U, V)
+        offs = np.arange(U * S, dtype=np.float64)[:, None]
+        flat_cdf = (np.concatenate([tb.cdf for tb in tabs]) + offs).ravel()  # rows u*S + s, globally sorted
+        tokens = np.full((B, max_tokens), -1, dtype=np.int64)
+        length = np.full(B, max_tokens, dtype=np.int64)
+        ended = np.zeros(B, dtype=bool)
+        total = np.zeros(B, dtype=np.float64)
+        tlp = np.full((B, max_tokens + 1), np.nan) if record_logprobs else None
+        act = np.arange(B)
+        u_rows = rows.astype(np.int64)
+        state = np.full(B, START, dtype=np.int64)
+        for t in range(max_tokens):
+            if act.size == 0:
+                break
+            ua = u_rows[act]
+            sa = state[act]
+            u = step_uniforms(keys[act], t)
+            lp_e = lpe[ua, sa, t]
+            p_e = np.exp(lp_e)
+            stop = u < p_e
+            if stop.any():
+                a_s = act[stop]
+                total[a_s] += lp_e[stop]
+                if tlp is not None:
+                    tlp[a_s, t] = lp_e[stop]
+                length[a_s] = t
+                ended[a_s] = True
+            go = ~stop
+            act = act[go]
+            if act.size == 0:
+                break
+            ua, sa, u, p_e = ua[go], sa[go], u[go], p_e[go]
+            u2 = np.minimum((u - p_e) / (1.0 - p_e), 1.0 - 2.0 ** -53)
+            r = ua * S + sa
+            idx = np.searchsorted(flat_cdf, r + u2, side="right") - r * V
+            tok = np.clip(idx, 0, V - 1)
+            lp = zT[ua, sa, tok] - logZ[ua, sa, t]
+            total[act] += lp
+            if tlp is not None:
+                tlp[act, t] = lp
+            tokens[act, t] = tok
+            state[act] = cls[ua, tok]
+        return {"tokens": tokens, "length": length, "ended": ended, "logprob": total, "token_logprobs": tlp}
+
+    # ------------------------------------------------------------------ teacher forcing
+    @staticmethod
+    def score(tab: Tables, ids: np.ndarray, include_eot: bool) -> tuple[float, np.ndarray]:
+        """Exact log-prob of word ids (then EOT if ``include_eot``) under ``tab``.
+
+        Returns (total, per-token log-probs); the total is summed left to right from 0.0, exactly as
+        ``sample`` accumulates it.
+        """
+        n = ids.size
+        states = np.empty(n + 1, dtype=np.int64)
+        states[0] = START
+        states[1:] = tab.cls[ids]
+        pos = np.arange(n)
+        lps = tab.zT[states[:n], ids] - tab.logZ[states[:n], pos]
+        if include_eot:
+            lps = np.append(lps, tab.logp_eot[states[n], n])
+        total = 0.0
+        for x in lps.tolist():
+            total += x
+        return total, lps
+
+
+# ---------------------------------------------------------------------- quality and judge features
+@dataclass(frozen=True)
+class TextStats:
+    """Per-response counts used by the true quality and the judge (arrays over responses).
+
+    Attributes:
+        n: Number of words (out-of-vocabulary words included).
+        counts: (B, N_CLASSES + 1) counts per class (last column: out-of-vocabulary words).
+        n_on_distinct: Number of distinct on-topic words.
+    """
+
+    n: np.ndarray
+    counts: np.ndarray
+    n_on_distinct: np.ndarray
+
+
+def text_stats(tokens: np.ndarray, length: np.ndarray, topics: np.ndarray) -> TextStats:
+    """Counts from a padded token matrix (-1 padding, ``OOV_ID`` for unknown words).
+
+    Args:
+        tokens: (B, Tm) token ids.
+        length: (B,) number of words per row.
+        topics: (B,) prompt topic per row.
+    """
+    B, Tm = tokens.shape
+    valid = np.arange(Tm)[None, :] < length[:, None]
+    tok = np.where(valid, tokens, OOV_ID)
+    base = np.append(WORD_BASE_CLASS, UNKNOWN)[tok]
+    # topic words are contiguous blocks of TOPIC_SIZE starting at TOPIC_OFFSET[0]
+    first = int(TOPIC_OFFSET[0])
+    is_topic = base == ON
+    word_topic = np.where(is_topic, (tok - first) // TOPIC_SIZE, -1)
+    cls = np.where(is_topic & (word_topic != topics[:, None]), OFF, base)
+    cls = np.where(valid, cls, -1)
+    counts = np.stack([(cls == c).sum(axis=1) for c in range(N_CLASSES + 1)], axis=1)
+    on = (cls == ON)
+    seen = np.zeros((B, TOPIC_SIZE), dtype=bool)
+    r, c = np.nonzero(on)
+    seen[r, (tok[r, c] - first) % TOPIC_SIZE] = True
+    return TextStats(n=length.astype(np.int64), counts=counts, n_on_distinct=seen.sum(axis=1))
+
+
+def _sat(x: np.ndarray, scale: float) -> np.ndarray:
+    return 1.0 - np.exp(-x / scale)
+
+
+def true_quality_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
+    """True quality ``Y = sigmoid(s)`` with
+
+    ``s = -1.6 + 2.4 cov + (0.2 + 2.2 d) rea + 0.5 gen - 0.7 n_err - 0.9 n_mis - 2.5 f_fil
+    - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 4)``, ``rea = 1 - exp(-n_rea / 3)``,
+    ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
+    Content saturates while errors accumulate, so length alone is roughly neutral.
+    """
+    c = st.counts.astype(np.float64)
+    n = np.maximum(st.n, 1).astype(np.float64)
+    s = (-1.6 + 2.4 * _sat(st.n_on_distinct, 4.0) + (0.2 + 2.2 * difficulty) * _sat(c[:, REA], 3.0)
+         + 0.5 * _sat(c[:, GEN], 5.0) - 0.7 * c[:, ERR] - 0.9 * c[:, MIS] - 2.5 * c[:, FIL] / n
+         - 1.5 * c[:, OFF] / n)
+    return 1.0 / (1.0 + np.exp(-s))
+
+
+def judge_latent_from_stats(st: TextStats) -> np.ndarray:
+    """The judge's perceived quality (before noise): ``s_J = -1.2 + 2.0 cov + 0.8 rea + 0.4 gen
+    - 0.35 n_err + 0.8 * 3 (1 - exp(-n_mis / 3)) - 1.2 f_fil - 1.0 f_off + 0.9 log((n + 1) / 40)``.
+
+    It ignores difficulty, half-notices errors, takes confident misleading words as a plus and
+    rewards length (last term).
+    """
+    c = st.counts.astype(np.float64)
+    n = np.maximum(st.n, 1).astype(np.float64)
+    return (-1.2 + 2.0 * _sat(st.n_on_distinct, 4.0) + 0.8 * _sat(c[:, REA], 3.0) + 0.4 * _sat(c[:, GEN], 5.0)
+            - 0.35 * c[:, ERR] + 2.4 * _sat(c[:, MIS], 3.0) - 1.2 * c[:, FIL] / n - 1.0 * c[:, OFF] / n
+            + 0.9 * np.log((st.n + 1.0) / 40.0))
+
+
+def judge_score_from_latent(latent: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Judge score ``round_0.05( sigmoid(latent + noise) ** 0.7 )``: monotone, generous, gridded."""
+    p = 1.0 / (1.0 + np.exp(-(latent + noise)))
+    return np.round(20.0 * p ** 0.7) / 20.0
