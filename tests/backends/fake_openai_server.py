@@ -151,7 +151,7 @@ class FakeOpenAIServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def start(self) -> "FakeOpenAIServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -166,9 +166,10 @@ class FakeOpenAIServer:
         self.stop()
 
     # -- bookkeeping
-    def record(self, path: str, body: Any, fault: str | None) -> None:
+    def record(self, path: str, body: Any, fault: str | None, client_port: int | None = None) -> None:
         with self._lock:
-            self.log.append({"path": path, "body": body, "fault": fault, "time": time.monotonic()})
+            self.log.append({"path": path, "body": body, "fault": fault, "time": time.monotonic(),
+                             "client_port": client_port})
 
     def next_fault(self, text: str) -> str | None:
         with self._lock:
@@ -194,7 +195,7 @@ class FakeOpenAIServer:
             score = (zlib.crc32(user.encode()) % 1000) / 1000
             text = f'{{"score": {score}, "reason": "deterministic"}}'
             if "JUDGE:prose" in user:
-                text = f"I would rate this response {score} overall."
+                text = f"Sure. ```\nScore: {score}\n``` The response is decent."
             elif "JUDGE:refuse" in user:
                 text = "I cannot evaluate this."
             n_prompt = len(tokenize(system + user))
@@ -288,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.rstrip("/")
         text = json.dumps(body)
         fault = server.next_fault(text)
-        server.record(path, body, fault)
+        server.record(path, body, fault, self.client_address[1])
         if server.latency:
             time.sleep(server.latency)
         if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":

@@ -57,6 +57,7 @@ import yaml
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from tqdm.auto import tqdm
 
+from arena_cje.backends.judge_parsing import parse_judge_score
 from arena_cje.backends.base import Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
 from arena_cje.backends.store import DONE, FAILED, RecordKey, RequestStore, make_key, sha256
 from arena_cje.backends.templates import ChatTemplate, get_template
@@ -183,57 +184,6 @@ def rescale_logprob(
     return beta * logprob - 0.5 * (log_lo + log_hi), 0.5 * (log_hi - log_lo)
 
 
-_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
-
-
-def parse_judge_score(text: str, score_range: Sequence[float] = (0.0, 1.0)) -> tuple[float | None, str | None]:
-    """Parse a judge's answer into a 0-1 score.
-
-    Tries, in order: the whole text as JSON; the first ``{...}`` block as JSON (code fences and
-    chatter around it allowed); a ``score: <number>`` pattern; ``<number>/<max>``; a lone number.
-    The number x is mapped to (x - lo) / (hi - lo) with ``score_range = (lo, hi)``.
-
-    Returns:
-        ``(score, None)`` or ``(None, reason)`` when nothing parses or the number is out of range.
-    """
-    lo, hi = float(score_range[0]), float(score_range[1])
-    value: float | None = None
-    candidates = [text.strip()]
-    block = re.search(r"\{.*?\}", text, re.S)
-    if block:
-        candidates.append(block.group(0))
-    for candidate in candidates:
-        try:
-            obj = json.loads(candidate)
-        except (ValueError, TypeError):
-            continue
-        if isinstance(obj, dict) and "score" in obj:
-            try:
-                value = float(obj["score"])
-            except (TypeError, ValueError):
-                return None, f"judge JSON has a non-numeric score: {obj['score']!r}"
-            break
-        if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-            value = float(obj)
-            break
-    if value is None:
-        match = re.search(rf"score\W{{0,3}}\s*[:=]?\s*({_NUMBER})", text, re.I)
-        if match is None:
-            match = re.search(rf"({_NUMBER})\s*/\s*{_NUMBER}", text)
-        if match is None:
-            numbers = re.findall(_NUMBER, text)
-            match = re.search(_NUMBER, text) if len(numbers) == 1 else None
-            if match is not None:
-                value = float(match.group(0))
-        else:
-            value = float(match.group(1))
-    if value is None:
-        return None, "no score found in the judge's answer"
-    if not math.isfinite(value) or not lo <= value <= hi:
-        return None, f"judge score {value} outside the scale [{lo}, {hi}]"
-    return (value - lo) / (hi - lo), None
-
-
 # --------------------------------------------------------------------------------------------
 # Rate limit and budget
 # --------------------------------------------------------------------------------------------
@@ -339,7 +289,6 @@ class OpenAICompatibleBackend:
         budget_usd: Spend cap over everything in the store (``None``: no cap).
         judge_rescore_fraction: Share of judged items scored a second time (judge noise).
         judge_rescore_seed: Seed of that random subset.
-        judge_score_range: ``[lo, hi]`` of the judge's scale, mapped to 0-1.
         judge_json_mode: Send ``response_format={"type": "json_object"}`` to the judge.
         check_tolerance: Allowed mean |difference| per token (nats) in :meth:`self_check`.
         progress: Show tqdm progress bars.
@@ -368,7 +317,6 @@ class OpenAICompatibleBackend:
         budget_usd: float | None = None,
         judge_rescore_fraction: float = 0.0,
         judge_rescore_seed: int = 0,
-        judge_score_range: Sequence[float] = (0.0, 1.0),
         judge_json_mode: bool = False,
         check_tolerance: float = 0.02,
         progress: bool = True,
@@ -391,7 +339,6 @@ class OpenAICompatibleBackend:
         self.prices = {k: dict(v) for k, v in (prices or {}).items()}
         self.judge_rescore_fraction = float(judge_rescore_fraction)
         self.judge_rescore_seed = int(judge_rescore_seed)
-        self.judge_score_range = tuple(float(x) for x in judge_score_range)
         self.judge_json_mode = bool(judge_json_mode)
         self.check_tolerance = float(check_tolerance)
         self.progress = bool(progress)
@@ -543,9 +490,17 @@ class OpenAICompatibleBackend:
         todo = [i for i in range(n) if results[i] is None]
         fatal: BaseException | None = None
 
+        stop = threading.Event()
+
         def work(i: int) -> Any:
+            if stop.is_set():
+                raise _Stopped()
             _, estimate = estimates[i]
-            self._budget.reserve(estimate)
+            try:
+                self._budget.reserve(estimate)
+            except BudgetExceededError:
+                stop.set()
+                raise
             actual = 0.0
             try:
                 try:
@@ -557,6 +512,9 @@ class OpenAICompatibleBackend:
                 except _RETRYABLE as exc:
                     message = self._scrub(f"gave up after {self.max_retries + 1} attempts: {type(exc).__name__}: {exc}")
                     call = _Call(failure(message), status=FAILED)
+                except ConfigurationError:
+                    stop.set()  # workers take no new item; in-flight ones finish and are recorded
+                    raise
                 actual = call.cost_usd
                 if store is not None:
                     store.put(
@@ -579,6 +537,8 @@ class OpenAICompatibleBackend:
                     continue
                 try:
                     results[i] = future.result()
+                except _Stopped:
+                    continue
                 except (ConfigurationError, BudgetExceededError) as exc:
                     if fatal is None:
                         fatal = exc
@@ -605,8 +565,7 @@ class OpenAICompatibleBackend:
         return spec
 
     def _judge_spec(self, judge: JudgeSpec) -> dict[str, Any]:
-        return {**asdict(judge), "base_url": self.base_url, "json_mode": self.judge_json_mode,
-                "score_range": list(self.judge_score_range)}
+        return {**asdict(judge), "base_url": self.base_url, "json_mode": self.judge_json_mode}
 
     # ---------------------------------------------------------------- generation
 
@@ -796,7 +755,7 @@ class OpenAICompatibleBackend:
         except (KeyError, IndexError, TypeError) as exc:
             error = f"malformed chat completion: {type(exc).__name__}: {exc}"
             return _Call(Judgement(None, error=error, usage=usage), FAILED, pt, ct, cost)
-        score, error = parse_judge_score(raw, self.judge_score_range)
+        score, error = parse_judge_score(raw)
         return _Call(Judgement(score, raw=raw, error=error, usage=usage), DONE, pt, ct, cost)
 
     def _rescored(self, prompt: str, response: str) -> bool:
@@ -867,7 +826,7 @@ class OpenAICompatibleBackend:
                 continue
             full, start, _ = self.template.render(prompt, gen.text, policy.system_prompt, with_bos=self.with_bos)
             try:
-                block, *_ = self._post_echo_for_check(full, t1)
+                block, *_ = self._echo(full, t1)
             except ConfigurationError as exc:
                 return CheckReport(policy.name, policy.model, "ERROR", [str(exc)])
             except (MalformedResponseError, *_RETRYABLE) as exc:
@@ -894,8 +853,9 @@ class OpenAICompatibleBackend:
         report.max_abs_diff_per_token = worst
         return report
 
-    def _post_echo_for_check(self, text: str, policy: PolicySpec) -> tuple[dict[str, Any], int, int, int]:
-        return self._echo(text, policy)
+
+class _Stopped(RuntimeError):
+    """An item not started because a fatal error stopped the batch."""
 
 
 class _ItemRejected(RuntimeError):
