@@ -326,3 +326,34 @@ def test_self_check_reports_access_error(tmp_path):
     with FakeOpenAIServer(api_key="right") as srv:
         report = backend(srv, tmp_path, store_path=None, api_key="wrong").self_check(POLICY, ["Hi?"])
     assert report.verdict == "ERROR" and "HTTP 401" in report.details[0]
+
+
+# ------------------------------------------------------------------------------ project CLI logic
+
+
+def test_check_models_and_status_commands_logic(server, tmp_path):
+    from arena_cje.cli import check_models, status_lines
+
+    store = tmp_path / "store.sqlite"
+    params = {
+        "backend": {"name": "openai_compatible", "options": {
+            "base_url": server.url, "store_path": str(store), "progress": False, "vocab_size": 256,
+            "api_key_env": "ARENA_TEST_NO_SUCH_VAR", "credentials_path": str(tmp_path / "none.yml")}},
+        "policy_defaults": {"model": "fake-llm", "max_tokens": 32},
+        "policies": {"pi_0": {"temperature": 0.5, "system_prompt": "Hi."}, "pi_hot": {"temperature": 0.9}},
+        "judge": {"model": "fake-judge", "temperature": 0.0, "rubric": "Rate.", "max_tokens": 64},
+    }
+    lines, ok = check_models(params, n_samples=2)
+    assert ok, lines
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == ["PASS", "PASS", "PASS"]
+    assert not store.exists()  # the check records nothing
+    assert status_lines(store) == [f"no request record at {store} yet"]
+    b = backend(server, tmp_path, prices={"default": {"prompt": 0.5, "completion": 1.0}})
+    b.generate_batch(["A?", "B? FAULT:malformed"], POLICY, [1, 2])
+    b.judge_batch(["A?"], ["x JUDGE:refuse"], JudgeSpec(model="fake-judge", rubric="Rate."))
+    table = status_lines(store, budget_usd=5.0)
+    gen_row = next(line for line in table if line.startswith("generate"))
+    assert gen_row.split()[1:4] == ["pi_0", "1", "1"]
+    judge_row = next(line for line in table if line.startswith("judge"))
+    assert judge_row.split()[1:5] == ["judge", "1", "0", "1"]  # done, but no value (unparseable)
+    assert "of budget $5.00" in table[-2]

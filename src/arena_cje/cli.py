@@ -1,0 +1,153 @@
+"""Project CLI commands, discovered by Kedro in ``<package>/cli.py``.
+
+* ``kedro check-models [--env ENV]``: access to every configured model and whether teacher forcing
+  reproduces generation log-probs, one verdict per policy (exit code 1 unless all pass).
+* ``kedro cje-status [--env ENV]``: per stage and policy, what the durable request record holds:
+  completed, failed, tokens, cost so far.
+
+``run`` is re-exported because ``python -m arena_cje`` looks it up here once this module exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run  # noqa: F401 - used by arena_cje.__main__
+from kedro.framework.cli.utils import env_option
+from kedro.framework.project import settings
+
+from arena_cje.backends.base import generate_batch, teacher_force_batch
+from arena_cje.backends.store import RequestStore
+from arena_cje.experiment import backend_from_params, judge_spec, policy_specs
+
+#: Prompts for the self-check: short, and ending in punctuation (the token-merge case).
+CHECK_PROMPTS = (
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "Is 17 a prime number? Answer briefly!",
+)
+
+
+@click.group(name="arena_cje")
+def cli() -> None:
+    """Arena CJE project commands."""
+
+
+def _params(env: str | None) -> dict[str, Any]:
+    session = settings.SESSION_CLASS.create(env=env, save_on_close=False)
+    return dict(session.load_context().params)
+
+
+def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[str], bool]:
+    """Run the self-check for every policy and the judge.
+
+    Backends with a ``self_check`` method (the OpenAI-compatible one) compare token log-probs of
+    the generation with teacher forcing at T=1; other backends compare the generation-time
+    ``logprob`` with the teacher-forced one (where both exist).
+
+    Returns:
+        ``(lines to print, all passed)``.
+    """
+    backend_params = params["backend"]
+    options = dict(backend_params.get("options") or {})
+    # The check never writes to the experiment's durable record.
+    if backend_params.get("name") == "openai_compatible":
+        options["store_path"] = None
+        options.setdefault("progress", False)
+    backend = backend_from_params({**dict(backend_params), "options": options})
+    prompts = list(CHECK_PROMPTS[: max(1, n_samples)])
+    lines, ok = [], True
+    for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():
+        if hasattr(backend, "self_check"):
+            report = backend.self_check(spec, prompts)
+            verdict, details = report.verdict, report.details
+        else:
+            verdict, details = _generic_check(backend, spec, prompts)
+        ok &= verdict == "PASS"
+        lines.append(f"{verdict:5s} policy {name} (model {spec.model}, T={spec.temperature})")
+        lines.extend(f"      {d}" for d in details)
+    judge = judge_spec(params["judge"])
+    try:
+        from arena_cje.backends.base import judge_batch
+
+        result = judge_batch(backend, [prompts[0]], ["Paris."], judge)[0]
+        verdict = "PASS" if result.score is not None else "FAIL"
+        detail = f"score {result.score}" if result.score is not None else f"{result.error}; raw={result.raw[:80]!r}"
+    except Exception as exc:  # noqa: BLE001 - reported as the judge's verdict
+        verdict, detail = "ERROR", str(exc)
+    ok &= verdict == "PASS"
+    lines.append(f"{verdict:5s} judge (model {judge.model}): {detail}")
+    return lines, ok
+
+
+def _generic_check(backend: Any, spec: Any, prompts: Sequence[str], tolerance: float = 1e-4) -> tuple[str, list[str]]:
+    try:
+        gens = generate_batch(backend, list(prompts), spec, list(range(len(prompts))))
+        forced = teacher_force_batch(backend, list(prompts), [g.text for g in gens], spec)
+    except Exception as exc:  # noqa: BLE001
+        return "ERROR", [str(exc)]
+    details, verdict = [], "PASS"
+    for g, f in zip(gens, forced):
+        if g.error or f.error or g.logprob is None or f.logprob is None:
+            verdict = "FAIL"
+            details.append(f"missing: generation error={g.error} forced error={f.error}")
+            continue
+        diff = abs(g.logprob - f.logprob)
+        details.append(f"{'ok ' if diff <= tolerance else 'BAD'} generated={g.logprob:.4f} forced={f.logprob:.4f}")
+        verdict = verdict if diff <= tolerance else "FAIL"
+    return verdict, details
+
+
+def status_lines(store_path: str | Path, budget_usd: float | None = None) -> list[str]:
+    """Table of the durable record: per stage and policy counts, failures, tokens and cost."""
+    path = Path(store_path)
+    if not path.exists():
+        return [f"no request record at {path} yet"]
+    with RequestStore(path) as store:
+        rows = store.summary()
+    header = f"{'stage':14s} {'policy':16s} {'done':>6s} {'failed':>6s} {'no value':>8s} {'tokens in':>10s} {'tokens out':>10s} {'cost $':>9s}"
+    lines = [f"request record: {path}", header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.stage:14s} {r.policy:16s} {r.done:6d} {r.failed:6d} {r.with_error:8d} {r.prompt_tokens:10d} "
+            f"{r.completion_tokens:10d} {r.cost_usd:9.4f}"
+        )
+    total = sum(r.cost_usd for r in rows)
+    lines.append("-" * len(header))
+    budget = "" if budget_usd is None or (isinstance(budget_usd, float) and math.isnan(budget_usd)) else f" of budget ${budget_usd:.2f}"
+    lines.append(f"total cost so far ${total:.4f}{budget}")
+    lines.append("'done' = call completed (value may still be missing: 'no value'); 'failed' = retried on the next run")
+    return lines
+
+
+@cli.command("check-models")
+@env_option
+@click.option("--n-samples", default=2, show_default=True, help="Responses checked per policy.")
+def check_models_command(env: str | None, n_samples: int) -> None:
+    """Verify model access and that teacher forcing reproduces generation log-probs."""
+    lines, ok = check_models(_params(env), n_samples=n_samples)
+    for line in lines:
+        click.echo(line)
+    click.echo("ALL PASS" if ok else "SOME CHECKS DID NOT PASS (see above)")
+    if not ok:
+        raise SystemExit(1)
+
+
+@cli.command("cje-status")
+@env_option
+def cje_status_command(env: str | None) -> None:
+    """Show what each stage has done per policy: counts, failures, cost so far."""
+    params = _params(env)
+    options = (params.get("backend") or {}).get("options") or {}
+    from arena_cje.backends.openai_compatible import DEFAULT_STORE_PATH
+
+    store_path = options.get("store_path", DEFAULT_STORE_PATH)
+    if not store_path:
+        click.echo("backend.options.store_path is empty: no durable request record is kept")
+        return
+    for line in status_lines(store_path, options.get("budget_usd")):
+        click.echo(line)
