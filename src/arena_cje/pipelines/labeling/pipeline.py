@@ -1,20 +1,34 @@
-"""``labeling``: export blinded tasks, collect (simulated) ratings, import, aggregate, assemble.
+"""``labeling``: select items, export blinded tasks, collect (simulated) ratings, import, check,
+aggregate, summarise, assemble.
 
-Registered three ways: ``labeling`` (all of it; with the simulated backend the simulated raters
-answer), ``labeling_export`` (stop after the tasks file) and ``labeling_import`` (start from a
-platform's results file in ``data/01_raw/labels/``).
+Registered three ways: ``labeling`` (all of it; with the simulated backend the simulated crowd
+answers), ``labeling_export`` (stop after the task files) and ``labeling_import`` (start from a
+platform's result file in ``data/01_raw/labels/``).
 """
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     aggregate_oracle_labels,
+    archive_raw_ratings,
     assemble_cje_dataset,
     collect_simulated_ratings,
     export_label_tasks,
     import_ratings,
+    score_workers,
     select_label_items,
+    summarise_labeling,
 )
+
+EXPORT_OUTPUTS = [
+    "label_tasks",
+    "label_task_mapping",
+    "label_tasks_generic",
+    "label_studio_tasks",
+    "label_studio_config",
+    "labeling_instructions",
+    "labeling_export_summary",
+]
 
 
 def create_export_pipeline() -> Pipeline:
@@ -22,11 +36,16 @@ def create_export_pipeline() -> Pipeline:
         [
             Node(
                 select_label_items,
-                ["prompts", "responses", "params:logging_policy", "params:labeling"],
+                ["prompts", "responses", "judge_scores", "params:logging_policy", "params:labeling"],
                 "label_items",
                 name="select_label_items",
             ),
-            Node(export_label_tasks, ["label_items", "params:labeling"], ["label_tasks", "label_task_mapping"], name="export_label_tasks"),
+            Node(
+                export_label_tasks,
+                ["label_items", "params:labeling"],
+                {name: name for name in EXPORT_OUTPUTS},
+                name="export_label_tasks",
+            ),
         ]
     )
 
@@ -36,7 +55,7 @@ def create_collect_pipeline() -> Pipeline:
         [
             Node(
                 collect_simulated_ratings,
-                ["label_tasks", "params:backend", "params:labeling"],
+                ["label_tasks", "label_task_mapping", "params:backend", "params:labeling"],
                 "crowd_ratings",
                 name="collect_simulated_ratings",
             )
@@ -48,16 +67,29 @@ def create_import_pipeline() -> Pipeline:
     return Pipeline(
         [
             Node(
-                import_ratings,
-                ["crowd_ratings", "label_task_mapping", "params:labeling"],
-                ["valid_ratings", "quarantined_ratings"],
-                name="import_ratings",
+                archive_raw_ratings,
+                "crowd_ratings",
+                ["crowd_ratings_archive", "crowd_ratings_fingerprint"],
+                name="archive_raw_ratings",
             ),
             Node(
+                import_ratings,
+                ["crowd_ratings", "crowd_ratings_fingerprint", "label_task_mapping", "params:labeling"],
+                ["valid_ratings", "quarantined_ratings", "labeling_import_report"],
+                name="import_ratings",
+            ),
+            Node(score_workers, ["valid_ratings", "label_task_mapping", "params:labeling"], "worker_quality", name="score_workers"),
+            Node(
                 aggregate_oracle_labels,
-                ["valid_ratings", "label_task_mapping", "params:labeling"],
+                ["valid_ratings", "worker_quality", "label_task_mapping", "params:labeling"],
                 "oracle_labels",
                 name="aggregate_oracle_labels",
+            ),
+            Node(
+                summarise_labeling,
+                ["label_task_mapping", "valid_ratings", "worker_quality", "oracle_labels", "labeling_import_report", "params:labeling"],
+                "labeling_summary",
+                name="summarise_labeling",
             ),
             Node(
                 assemble_cje_dataset,

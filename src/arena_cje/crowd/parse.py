@@ -1,0 +1,312 @@
+"""Raw bytes of a labeling platform's result file -> one row of strings per vote.
+
+Nothing here raises on bad input: every problem becomes a *row problem* (the row is kept with a
+``problem`` text so validation quarantines it) or a *file problem* (reported, and every data row of
+the file is quarantined with that reason). Handles UTF-8 (with or without BOM), UTF-16/32 with BOM,
+Windows-1252 / Latin-1 fallbacks, comma / semicolon / tab / pipe separators, blank lines, ragged
+rows, and the JSON exports of Label Studio (full and ``JSON-MIN``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+#: Columns every parsed vote has (strings; ``None`` where the file had nothing).
+VOTE_COLUMNS = ["task_id", "worker_id", "rating"]
+#: Columns of :func:`parse_ratings` output: the votes plus where they came from.
+PARSED_COLUMNS = ["source", "row", "location", *VOTE_COLUMNS, "problem"]
+
+#: Header names platforms use for our three fields (compared after :func:`_normalise_header`).
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "task_id": ("task_id", "taskid", "task", "item_id", "external_id"),
+    "worker_id": (
+        "worker_id", "workerid", "worker", "rater_id", "rater", "annotator_id", "annotator",
+        "labeler_id", "labeler", "completed_by", "user_id", "surger_id",
+    ),
+    "rating": ("rating", "score", "answer", "label", "rating_0_10", "overall_rating"),
+}
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_SEPARATORS = ",;\t|"
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A platform result file exactly as received: its name (for messages) and its bytes."""
+
+    name: str
+    data: bytes
+
+    @classmethod
+    def coerce(cls, value: RawFile | bytes | str, name: str = "crowd_ratings.csv") -> RawFile:
+        """Accept a :class:`RawFile`, raw bytes or already-decoded text (encoded back as UTF-8)."""
+        if isinstance(value, RawFile):
+            return value
+        if isinstance(value, str):
+            return cls(name, value.encode("utf-8"))
+        if isinstance(value, bytes | bytearray | memoryview):
+            return cls(name, bytes(value))
+        raise TypeError(f"{name}: expected bytes, text or RawFile, got {type(value).__name__}")
+
+
+@dataclass
+class ParsedRatings:
+    """Result of :func:`parse_ratings`.
+
+    Attributes:
+        rows: One row per vote found, columns :data:`PARSED_COLUMNS`; ``problem`` is ``None`` when
+            the row is well formed (its values are still unchecked: see ``validate``).
+        file_problems: Problems that concern the whole file (no task id column, bad JSON, ...).
+        encoding: The text encoding used to decode the bytes.
+        format: ``csv``, ``label_studio_json`` or ``json_records``.
+        separator: The CSV separator found (``None`` for JSON).
+    """
+
+    rows: pd.DataFrame
+    file_problems: list[str] = field(default_factory=list)
+    encoding: str = "utf-8"
+    format: str = "csv"
+    separator: str | None = ","
+
+
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """Decode ``data`` to text, never failing.
+
+    Order: a byte-order mark decides; else strict UTF-8; else UTF-16 when the bytes look like it
+    (many NULs); else Windows-1252; else Latin-1 (which maps every byte, so it cannot fail).
+
+    Returns:
+        ``(text, encoding)``.
+    """
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding).lstrip("\ufeff"), encoding
+            except UnicodeDecodeError:
+                break
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if data and data.count(0) > len(data) // 4:
+        for encoding in ("utf-16-le", "utf-16-be"):
+            try:
+                return data.decode(encoding), encoding
+            except UnicodeDecodeError:
+                continue
+    try:
+        return data.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
+
+
+def parse_ratings(raw: RawFile | bytes | str, name: str = "crowd_ratings.csv") -> ParsedRatings:
+    """Parse a platform result file (CSV of any common dialect, or Label Studio JSON).
+
+    Args:
+        raw: The file (``RawFile``, bytes, or text).
+        name: File name used in messages when ``raw`` is not a ``RawFile``.
+
+    Returns:
+        A :class:`ParsedRatings`; never raises on malformed content.
+    """
+    file = RawFile.coerce(raw, name)
+    text, encoding = decode_bytes(file.data)
+    text = text.replace("\x00", "")  # stray NULs break the csv module and are never meaningful
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        parsed = _parse_json(file.name, stripped)
+    else:
+        parsed = _parse_csv(file.name, text)
+    parsed.encoding = encoding
+    return parsed
+
+
+def _normalise_header(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lstrip("\ufeff").lower()).strip("_")
+
+
+def _find_columns(header: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Map our field names to header positions (first alias that matches wins)."""
+    normalised = [_normalise_header(h) for h in header]
+    found: dict[str, int] = {}
+    for column, aliases in COLUMN_ALIASES.items():
+        for alias in aliases:
+            if alias in normalised:
+                found[column] = normalised.index(alias)
+                break
+    missing = [c for c in VOTE_COLUMNS if c not in found]
+    return found, missing
+
+
+def _sniff_separator(text: str) -> str:
+    """The separator: the one that splits the header into our columns; else csv.Sniffer on the
+    first lines; else the most common candidate in the first line."""
+    lines = [line for line in text.splitlines() if line.strip()][:20]
+    if not lines:
+        return ","
+    for separator in _SEPARATORS:
+        header = next(csv.reader([lines[0]], delimiter=separator), [])
+        if not _find_columns(header)[1]:
+            return separator
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=_SEPARATORS).delimiter
+    except csv.Error:
+        counts = {sep: lines[0].count(sep) for sep in _SEPARATORS}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else ","
+
+
+def _empty(name: str, problems: list[str], fmt: str, separator: str | None) -> ParsedRatings:
+    return ParsedRatings(pd.DataFrame(columns=PARSED_COLUMNS), problems, format=fmt, separator=separator)
+
+
+def _parse_csv(name: str, text: str) -> ParsedRatings:
+    separator = _sniff_separator(text)
+    try:
+        records = _read_csv_records(text, separator)
+    except csv.Error as exc:  # e.g. a field larger than the csv module's limit
+        return _empty(name, [f"{name}: unreadable CSV ({exc})"], "csv", separator)
+    if not records:
+        return _empty(name, [f"{name}: no header row (file is empty)"], "csv", separator)
+    header_line, header = records[0]
+    columns, missing = _find_columns(header)
+    problems = []
+    file_problem = None
+    if missing:
+        file_problem = f"file lacks column(s) {missing} (header: {header})"
+        problems.append(f"{name}: {file_problem}")
+    rows = []
+    for line, fields in records[1:]:
+        values = {c: _cell(fields, i) for c, i in columns.items()}
+        problem = file_problem
+        if problem is None and len(fields) != len(header):
+            problem = f"malformed row: {len(fields)} fields, header has {len(header)}"
+        rows.append(
+            {"source": name, "row": line, "location": f"line {line}",
+             **{c: values.get(c) for c in VOTE_COLUMNS}, "problem": problem}
+        )
+    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), problems, format="csv", separator=separator)
+
+
+def _read_csv_records(text: str, separator: str) -> list[tuple[int, list[str]]]:
+    """Non-blank records with the physical line each starts on (1-based)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    records = []
+    previous_end = 0
+    for fields in reader:
+        start = previous_end + 1
+        previous_end = reader.line_num
+        if not any(f.strip() for f in fields):
+            continue  # blank line (or a line of empty separators): not a vote
+        records.append((start, fields))
+    return records
+
+
+def _cell(fields: list[str], index: int) -> str | None:
+    return fields[index] if index < len(fields) else None
+
+
+def _parse_json(name: str, text: str) -> ParsedRatings:
+    try:
+        payload = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return _empty(name, [f"{name}: not valid JSON ({exc})"], "json", None)
+    if isinstance(payload, dict):
+        payload = payload.get("tasks", payload.get("data", [payload]))
+    if not isinstance(payload, list):
+        return _empty(name, [f"{name}: JSON is not a list of tasks"], "json", None)
+    if any(isinstance(t, dict) and "annotations" in t for t in payload):
+        return _parse_label_studio(name, payload)
+    return _parse_json_records(name, payload)
+
+
+def _parse_label_studio(name: str, tasks: list[Any]) -> ParsedRatings:
+    """Label Studio's full JSON export: tasks with ``data`` and a list of ``annotations``."""
+    rows = []
+    for t, task in enumerate(tasks, start=1):
+        if not isinstance(task, dict):
+            rows.append(_json_row(name, len(rows) + 1, f"task {t}", None, None, None, "task is not a JSON object"))
+            continue
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        task_id = _text(data.get("task_id", task.get("task_id")))
+        annotations = task.get("annotations") or []
+        if not isinstance(annotations, list):
+            annotations = []
+        for a, annotation in enumerate(annotations, start=1):
+            where = f"task {t}, annotation {a}"
+            if not isinstance(annotation, dict):
+                rows.append(_json_row(name, len(rows) + 1, where, task_id, None, None, "annotation is not a JSON object"))
+                continue
+            if annotation.get("was_cancelled"):
+                continue  # the annotator skipped the task: no vote was given
+            worker = annotation.get("completed_by")
+            if isinstance(worker, dict):
+                worker = worker.get("email") or worker.get("id")
+            rating, problem = _label_studio_rating(annotation.get("result"))
+            rows.append(_json_row(name, len(rows) + 1, where, task_id, _text(worker), rating, problem))
+    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), [], format="label_studio_json", separator=None)
+
+
+def _label_studio_rating(result: Any) -> tuple[str | None, str | None]:
+    """The rating inside an annotation's ``result`` list (Number, Rating or Choices control)."""
+    if not isinstance(result, list) or not result:
+        return None, "annotation has no result"
+    for item in result:
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(value, dict):
+            continue
+        for key in ("number", "rating"):
+            if key in value:
+                return _text(value[key]), None
+        choices = value.get("choices")
+        if isinstance(choices, list) and choices:
+            return _text(choices[0]), None
+    return None, "annotation result has no number, rating or choice"
+
+
+def _parse_json_records(name: str, records: list[Any]) -> ParsedRatings:
+    """Flat JSON records (Label Studio ``JSON-MIN``, or a CSV converted to JSON)."""
+    rows = []
+    for r, record in enumerate(records, start=1):
+        where = f"record {r}"
+        if not isinstance(record, dict):
+            rows.append(_json_row(name, r, where, None, None, None, "record is not a JSON object"))
+            continue
+        columns, missing = _find_columns(list(record))
+        keys = list(record)
+        values = {c: _text(record[keys[i]]) for c, i in columns.items()}
+        problem = f"record lacks field(s) {missing}" if missing else None
+        rows.append(_json_row(name, r, where, values.get("task_id"), values.get("worker_id"), values.get("rating"), problem))
+    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), [], format="json_records", separator=None)
+
+
+def _json_row(name: str, row: int, where: str, task: Any, worker: Any, rating: Any, problem: str | None) -> dict[str, Any]:
+    return {"source": name, "row": row, "location": where, "task_id": task, "worker_id": worker, "rating": rating, "problem": problem}
+
+
+def _text(value: Any) -> str | None:
+    """JSON scalar -> string (``None`` stays ``None``; lists/objects are rendered, then fail validation)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)[:200]
