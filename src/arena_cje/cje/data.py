@@ -75,13 +75,16 @@ def _prompt_ids(df: pd.DataFrame, frame: str) -> np.ndarray:
     return np.array(ids, dtype=object)
 
 
-def _covariates(df: pd.DataFrame, covariates: tuple[str, ...], frame: str) -> dict[str, np.ndarray]:
+def _covariates(df: pd.DataFrame, covariates: tuple[str, ...], frame: str, strict: bool = True) -> dict[str, np.ndarray]:
+    """Covariate columns; a covariate absent from a fresh/probe frame (``strict=False``) is NaN."""
     out: dict[str, np.ndarray] = {}
     for c in covariates:
         if c == "response_length" and "response" in df.columns and "response_length" not in df.columns:
             out[c] = response_length(df["response"].to_numpy(dtype=object))
         elif c in df.columns:
             out[c] = _numeric(df[c], frame, c, list(df.index))
+        elif not strict:
+            out[c] = np.full(len(df), np.nan)
         else:
             raise ValueError(f"frame '{frame}': covariate '{c}' is neither a column nor derivable (need 'response' for response_length)")
     return out
@@ -107,7 +110,7 @@ def _response_frame(df: pd.DataFrame, frame: str, covariates: tuple[str, ...], n
             "oracle_label": label,
         }
     )
-    for c, v in _covariates(df, covariates, frame).items():
+    for c, v in _covariates(df, covariates, frame, strict=False).items():
         out[c] = v
     dup = out.duplicated(["prompt_id", "draw_idx"])
     if dup.any():

@@ -78,6 +78,7 @@ def _simplex_min_variance(cov: np.ndarray) -> np.ndarray:
         bounds=[(0.0, 1.0)] * m,
         constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
         method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 500},  # candidates' variances differ in the 4th digit
     )
     b = np.clip(res.x, 0, None)
     return b / b.sum()
