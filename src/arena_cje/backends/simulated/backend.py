@@ -43,6 +43,7 @@ from arena_cje.backends.simulated.world import (
     judge_latent_from_stats,
     judge_score_from_latent,
     sequence_keys,
+    to_uint64,
     text_stats,
     true_quality_from_stats,
 )
@@ -74,7 +75,7 @@ class SimulatedBackend:
     def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
                  judge_noise_sd: float = 0.45, rater_noise_sd: float = 1.5, table_cache_size: int = 6000,
-                 truth_chunk: int = 32_768) -> None:
+                 truth_chunk: int = 4096) -> None:
         self.seed = int(seed)
         self.adversarial_keyword = str(adversarial_keyword)
         self.truth_draws_per_prompt = int(truth_draws_per_prompt)
@@ -138,8 +139,7 @@ class SimulatedBackend:
             return []
         tabs, rows = self._group(prompts, policy)
         pkeys = [self.features(p).key for p in prompts]
-        keys = sequence_keys(self.seed, _DOMAIN_GENERATE, np.array(pkeys, dtype=object),
-                             np.array([int(s) for s in seeds], dtype=object))
+        keys = sequence_keys(self.seed, _DOMAIN_GENERATE, to_uint64(pkeys), to_uint64([int(s) for s in seeds]))
         out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=True)
         gens = []
         for i, p in enumerate(prompts):
@@ -306,8 +306,7 @@ class SimulatedBackend:
             tabs = [self.world.tables(pf, pol, policy.temperature, policy.max_tokens) for pf in pfs]
             rows = np.repeat(np.arange(len(chunk)), m)
             draw = np.tile(np.arange(m), len(chunk))
-            keys = sequence_keys(self.seed, _DOMAIN_TRUTH,
-                                 np.array([pf.key for pf in pfs], dtype=object)[rows], draw.astype(object))
+            keys = sequence_keys(self.seed, _DOMAIN_TRUTH, to_uint64([pf.key for pf in pfs])[rows], draw)
             out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False)
             topics = np.array([pf.topic for pf in pfs])[rows]
             diff = np.array([pf.difficulty for pf in pfs])[rows]

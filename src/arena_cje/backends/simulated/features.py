@@ -103,6 +103,16 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def topic_hits(text: str) -> np.ndarray:
+    """Number of topic content/hint words of each topic in ``text`` (lower-cased word tokens)."""
+    hits = np.zeros(len(TOPICS))
+    for w in _WORD_RE.findall(text.lower()):
+        k = _TOPIC_OF_WORD.get(w)
+        if k is not None:
+            hits[k] += 1
+    return hits
+
+
 def prompt_features(text: str) -> PromptFeatures:
     """Features of any prompt text.
 
@@ -116,11 +126,7 @@ def prompt_features(text: str) -> PromptFeatures:
     words = _WORD_RE.findall(text.lower())
     n = len(words)
     key = hash64("prompt", text)
-    hits = np.zeros(len(TOPICS))
-    for w in words:
-        k = _TOPIC_OF_WORD.get(w)
-        if k is not None:
-            hits[k] += 1
+    hits = topic_hits(text)
     topic = int(np.argmax(hits)) if hits.max() > 0 else key % len(TOPICS)
     wset = words  # counts repeated markers: "why ... why" is a harder ask
     hard = min(3, sum(w in HARD_MARKERS for w in wset))
@@ -162,8 +168,8 @@ DETAILED_MARKERS = ("detailed", "thorough", "in depth", "in-depth", "comprehensi
 def policy_features(system_prompt: str, adversarial_keyword: str) -> PolicyFeatures:
     """Features of a system prompt (case-insensitive substring markers).
 
-    Step-by-step prompts raise reasoning (+1.3) and lower errors (-0.3) and length x1.35; concise
-    prompts lower filler (-1.0) and reasoning (-0.5) and set length x0.4; detailed prompts set length
+    Step-by-step prompts raise reasoning (+0.7) and lower errors (-0.3) and length x1.25; concise
+    prompts lower filler (-1.0) and set length x0.7; detailed prompts set length
     x1.5; the adversarial keyword raises misleading (+3.0) and error (+0.5) tokens and lowers on-topic
     content (-0.3).
     """
@@ -174,13 +180,12 @@ def policy_features(system_prompt: str, adversarial_keyword: str) -> PolicyFeatu
     concise = any(m in sp for m in CONCISE_MARKERS)
     adversarial = bool(adversarial_keyword) and adversarial_keyword.lower() in sp
     if cot:
-        shift[REA] += 1.3
+        shift[REA] += 0.7
         shift[ERR] -= 0.3
-        mult *= 1.35
+        mult *= 1.25
     if concise:
         shift[FIL] -= 1.0
-        shift[REA] -= 0.5
-        mult *= 0.4
+        mult *= 0.7
     if any(m in sp for m in DETAILED_MARKERS):
         mult *= 1.5
     if adversarial:

@@ -57,7 +57,7 @@ UNKNOWN = N_CLASSES        # class of an out-of-vocabulary word in quality/judge
 OOV_ID = N_WORDS           # token id used for out-of-vocabulary words in quality/judge features
 
 #: Base class logits: log of the class shares of a plain T = 1 response.
-BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.04, 0.006]))
+BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.015, 0.006]))
 #: Class transitions A[prev_state, class] (rows: FUNC, ON, OFF, GEN, FIL, REA, ERR, MIS, START).
 TRANSITION = np.array([
     # FUNC  ON    OFF   GEN   FIL   REA   ERR   MIS
@@ -72,7 +72,7 @@ TRANSITION = np.array([
     [-0.5, 0.0, 0.0, 0.0, 0.6, 0.3, 0.0, 0.0],     # START
 ])
 #: EOT offset per previous state: hard to stop after a function word, impossible-ish at START.
-EOT_OFFSET = np.array([-3.0, 0.0, -0.5, -0.5, -1.0, -1.0, -0.5, 0.0, -6.0])
+EOT_OFFSET = np.array([-4.0, -1.0, -1.5, -1.5, -2.0, -2.0, -1.5, -1.0, -7.0])
 
 def _lse_rows(x: np.ndarray) -> np.ndarray:
     """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
@@ -92,14 +92,25 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def sequence_keys(*parts: np.ndarray | int) -> np.ndarray:
-    """Combine integer arrays/ints (any sign, reduced mod 2^64) into per-sequence uint64 keys."""
-    arrays = [np.atleast_1d(np.asarray(p, dtype=object)) for p in parts]
-    n = max(a.size for a in arrays)
-    key = np.zeros(n, dtype=np.uint64)
+def to_uint64(values: object) -> np.ndarray:
+    """Integers of any sign (an int, a list of ints or an integer array) reduced mod 2^64, as uint64.
+
+    Python ints go through exact integer arithmetic (``np.asarray`` would turn a list mixing ints
+    above and below 2^63 into float64).
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return np.atleast_1d(values.astype(np.uint64))  # two's complement wrap = reduction mod 2^64
+    if isinstance(values, (int, np.integer)):
+        values = [values]
+    return np.array([int(v) & _MASK64 for v in values], dtype=np.uint64)
+
+
+def sequence_keys(*parts: object) -> np.ndarray:
+    """Combine integers / integer arrays (broadcast together) into per-sequence uint64 keys."""
+    arrays = np.broadcast_arrays(*[to_uint64(p) for p in parts])
+    key = np.zeros(arrays[0].shape, dtype=np.uint64)
     for a in arrays:
-        vals = np.array([int(v) & _MASK64 for v in np.broadcast_to(a, (n,))], dtype=np.uint64)
-        key = _mix64(key ^ vals)
+        key = _mix64(key ^ a)
     return key
 
 
@@ -193,6 +204,9 @@ class WorldModel:
         counts = np.bincount(cls, minlength=N_CLASSES)
         prng = np.random.default_rng([self.seed, pf.key & 0xFFFFFFFF, pf.key >> 32])
         e_prompt = prng.normal(0.0, self.prompt_noise_sd, N_WORDS)
+        # hallucinations are prompt-specific and can be likely: error words get a wider spread, so
+        # errors do not vanish at low temperature
+        e_prompt[cls == ERR] *= 4.0
         word = self.word_logit - np.log(counts[cls]) + e_prompt                     # (V,)
         z = self.logit_scale * (class_logit[:, cls] + word[None, :])                # (S, V)
         lse1 = _lse_rows(z)                                                  # (S,)
@@ -217,7 +231,7 @@ class WorldModel:
                record_logprobs: bool = True) -> dict[str, np.ndarray]:
         """Sample one sequence per entry of ``rows`` (index into ``tabs``), all steps vectorised.
 
-        Returns a dict with ``tokens`` (B, max_tokens) int (-1 padding), ``length`` (words),
+        Returns a dict with ``tokens`` (B, max length) int16 (-1 padding), ``length`` (words),
         ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT) and,
         if requested, ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
         """
@@ -231,7 +245,7 @@ class WorldModel:
         cls = np.stack([tb.cls for tb in tabs])            # (U, V)
         offs = np.arange(U * S, dtype=np.float64)[:, None]
         flat_cdf = (np.concatenate([tb.cdf for tb in tabs]) + offs).ravel()  # rows u*S + s, globally sorted
-        tokens = np.full((B, max_tokens), -1, dtype=np.int64)
+        tokens = np.full((B, max_tokens), -1, dtype=np.int16)
         length = np.full(B, max_tokens, dtype=np.int64)
         ended = np.zeros(B, dtype=bool)
         total = np.zeros(B, dtype=np.float64)
@@ -270,6 +284,8 @@ class WorldModel:
                 tlp[act, t] = lp
             tokens[act, t] = tok
             state[act] = cls[ua, tok]
+        tm = int(length.max()) if B else 0
+        tokens = tokens[:, :tm]
         return {"tokens": tokens, "length": length, "ended": ended, "logprob": total, "token_logprobs": tlp}
 
     # ------------------------------------------------------------------ teacher forcing
@@ -311,7 +327,7 @@ class TextStats:
 
 
 def text_stats(tokens: np.ndarray, length: np.ndarray, topics: np.ndarray) -> TextStats:
-    """Counts from a padded token matrix (-1 padding, ``OOV_ID`` for unknown words).
+    """Counts from a padded token matrix (entries beyond ``length`` ignored, ``OOV_ID`` = unknown word).
 
     Args:
         tokens: (B, Tm) token ids.
@@ -319,20 +335,18 @@ def text_stats(tokens: np.ndarray, length: np.ndarray, topics: np.ndarray) -> Te
         topics: (B,) prompt topic per row.
     """
     B, Tm = tokens.shape
-    valid = np.arange(Tm)[None, :] < length[:, None]
-    tok = np.where(valid, tokens, OOV_ID)
+    r, j = np.nonzero(np.arange(Tm)[None, :] < length[:, None])
+    tok = tokens[r, j].astype(np.int64)
     base = np.append(WORD_BASE_CLASS, UNKNOWN)[tok]
-    # topic words are contiguous blocks of TOPIC_SIZE starting at TOPIC_OFFSET[0]
-    first = int(TOPIC_OFFSET[0])
+    first = int(TOPIC_OFFSET[0])  # topic words are contiguous blocks of TOPIC_SIZE
     is_topic = base == ON
-    word_topic = np.where(is_topic, (tok - first) // TOPIC_SIZE, -1)
-    cls = np.where(is_topic & (word_topic != topics[:, None]), OFF, base)
-    cls = np.where(valid, cls, -1)
-    counts = np.stack([(cls == c).sum(axis=1) for c in range(N_CLASSES + 1)], axis=1)
-    on = (cls == ON)
-    seen = np.zeros((B, TOPIC_SIZE), dtype=bool)
-    r, c = np.nonzero(on)
-    seen[r, (tok[r, c] - first) % TOPIC_SIZE] = True
+    local = (tok - first) % TOPIC_SIZE
+    word_topic = (tok - first) // TOPIC_SIZE
+    on = is_topic & (word_topic == topics[r])
+    cls = np.where(is_topic & ~on, OFF, base)
+    nc = N_CLASSES + 1
+    counts = np.bincount(r * nc + cls, minlength=B * nc).reshape(B, nc)
+    seen = np.bincount(r[on] * TOPIC_SIZE + local[on], minlength=B * TOPIC_SIZE).reshape(B, TOPIC_SIZE) > 0
     return TextStats(n=length.astype(np.int64), counts=counts, n_on_distinct=seen.sum(axis=1))
 
 
@@ -343,15 +357,15 @@ def _sat(x: np.ndarray, scale: float) -> np.ndarray:
 def true_quality_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
     """True quality ``Y = sigmoid(s)`` with
 
-    ``s = -1.6 + 2.4 cov + (0.2 + 2.2 d) rea + 0.5 gen - 0.7 n_err - 0.9 n_mis - 2.5 f_fil
-    - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 4)``, ``rea = 1 - exp(-n_rea / 3)``,
+    ``s = -1.6 + 2.4 cov + (0.1 + 1.6 d) rea + 0.5 gen - 0.55 n_err - 0.9 n_mis - 2.0 f_fil
+    - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 2.5)``, ``rea = 1 - exp(-n_rea / 2)``,
     ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
     Content saturates while errors accumulate, so length alone is roughly neutral.
     """
     c = st.counts.astype(np.float64)
     n = np.maximum(st.n, 1).astype(np.float64)
-    s = (-1.6 + 2.4 * _sat(st.n_on_distinct, 4.0) + (0.2 + 2.2 * difficulty) * _sat(c[:, REA], 3.0)
-         + 0.5 * _sat(c[:, GEN], 5.0) - 0.7 * c[:, ERR] - 0.9 * c[:, MIS] - 2.5 * c[:, FIL] / n
+    s = (-1.6 + 2.4 * _sat(st.n_on_distinct, 2.5) + (0.1 + 1.6 * difficulty) * _sat(c[:, REA], 2.0)
+         + 0.5 * _sat(c[:, GEN], 5.0) - 0.55 * c[:, ERR] - 0.9 * c[:, MIS] - 2.0 * c[:, FIL] / n
          - 1.5 * c[:, OFF] / n)
     return 1.0 / (1.0 + np.exp(-s))
 
