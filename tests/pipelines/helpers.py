@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kedro.io import DataCatalog
+from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 
@@ -24,5 +24,14 @@ def run_in_memory(pipeline: Pipeline, inputs: dict[str, Any], parameters: dict[s
             for part in key.split("."):
                 value = value[part]
             catalog[name] = value
+    for name in pipeline.all_outputs():
+        catalog[name] = _KeptDataset()
     SequentialRunner().run(pipeline, catalog)
     return {name: catalog[name].load() for name in pipeline.all_outputs()}
+
+
+class _KeptDataset(MemoryDataset):
+    """A memory dataset the runner cannot release, so tests can read intermediate outputs."""
+
+    def _release(self) -> None:
+        pass
