@@ -79,20 +79,26 @@ class FakeModel:
     def token_id(token: str) -> int:
         return zlib.crc32(b"id" + token.encode("utf-8")) % VOCAB
 
+    @staticmethod
+    @lru_cache(maxsize=65536)
+    def _distribution(prev: str, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        z = FakeModel._logits(prev) / temperature
+        dist = z - np.logaddexp.reduce(z)
+        return dist, np.argsort(-dist)
+
     def distribution(self, prev: str, temperature: float = 1.0) -> np.ndarray:
         """Full log-softmax(z / T) over the virtual vocabulary after token ``prev``."""
-        z = self._logits(prev) / temperature
-        return z - np.logaddexp.reduce(z)
+        return self._distribution(prev, float(temperature))[0]
 
     def logprob(self, prev: str, token: str, temperature: float = 1.0) -> float:
         return float(self.distribution(prev, temperature)[self.token_id(token)])
 
     def top(self, prev: str, token: str, k: int, temperature: float = 1.0) -> dict[str, float]:
         """Top-k alternatives; the scored token appears under its own text, others as ``<vN>``."""
-        dist = self.distribution(prev, temperature)
+        dist, order = self._distribution(prev, float(temperature))
         own = self.token_id(token)
         out: dict[str, float] = {}
-        for idx in np.argsort(-dist)[:k]:
+        for idx in order[:k]:
             out[token if idx == own else f"<v{idx}>"] = float(dist[idx])
         return out
 
@@ -202,13 +208,13 @@ class FakeOpenAIServer:
             return _chat_response(body["model"], text, None, n_prompt, len(tokenize(text)))
         prefix = render_llama3(messages)
         text = self.model.reply(user, system, temperature, int(body.get("seed", 0)), int(body.get("max_tokens", 256)))
-        scored = self.model.text_logprobs(prefix + text + LLAMA3_EOT)
         k = int(body.get("top_logprobs") or 0)
         content = []
         toks = tokenize(prefix + text + LLAMA3_EOT)
-        for i, (tok, off, lp) in enumerate(scored):
+        for i, (tok, off) in enumerate(toks):
             if off < len(prefix) or tok == LLAMA3_EOT:
                 continue
+            lp = self.model.logprob(toks[i - 1][0], tok)
             top = self.model.top(toks[i - 1][0], tok, k) if k else {}
             content.append({"token": tok, "logprob": lp,
                             "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]})
@@ -260,6 +266,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the client's connection reuse is exercised
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass

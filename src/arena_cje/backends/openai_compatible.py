@@ -352,6 +352,11 @@ class OpenAICompatibleBackend:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["Content-Type"] = "application/json"
+        # Resolve proxy and CA settings from the environment once: with trust_env requests re-reads
+        # the environment on every call (~1 ms CPU per request at high concurrency).
+        self._session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        self._session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._session.trust_env = False
         if self._key:
             self._session.headers["Authorization"] = f"Bearer {self._key}"
         self._limiter = _RateLimiter(requests_per_minute)
