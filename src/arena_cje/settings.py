@@ -4,15 +4,15 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from arena_cje.hooks import QuietWarningsHook
+from arena_cje.hooks import NOISY_MODULES, NodeTimingHook, QuietWarningsHook
 
 # Third-party libraries emit deprecation notices on every command; they are not actionable for
 # users of this project, so they are hidden (our own code's warnings still show).
-for _module in ("kedro_telemetry", "kedro_viz", "omegaconf", "pydantic", "kedro_datasets"):
+for _module in NOISY_MODULES:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_module)
     warnings.filterwarnings("ignore", category=FutureWarning, module=_module)
 
-HOOKS = (QuietWarningsHook(),)
+HOOKS = (QuietWarningsHook(), NodeTimingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
