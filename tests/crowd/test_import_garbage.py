@@ -39,7 +39,7 @@ def _encode(text: str, encoding: str) -> bytes:
         return text.encode("utf-8")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     valid=valid_votes,
     junk=junk_rows,
@@ -85,7 +85,7 @@ def test_garbage_never_crashes_and_valid_rows_survive(
     assert kept["rating"].map(lambda r: 0 <= r <= 10 and math.isfinite(r)).all()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.binary(max_size=400))
 def test_random_bytes_never_crash(data):
     parsed = parse_ratings(RawFile("random.bin", data))

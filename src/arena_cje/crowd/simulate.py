@@ -77,7 +77,9 @@ def simulate_platform_ratings(
         seed: Random seed.
 
     Returns:
-        Columns :data:`RESULT_COLUMNS`, one row per submission (duplicates included).
+        Columns :data:`RESULT_COLUMNS`, one row per submission (duplicates included); the
+        frame's ``attrs["worker_kinds"]`` maps worker id -> ``honest``/``noisy``/``spammer``
+        (the simulation's truth, for checking quality control; never written to the file).
     """
     rng = np.random.default_rng(seed)
     votes_per_item = min(int(votes_per_item), int(config.n_workers))
@@ -111,7 +113,9 @@ def simulate_platform_ratings(
             rows.append(row)
             if rng.random() < config.duplicate_rate:
                 rows.append(dict(row))
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    ratings = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    ratings.attrs["worker_kinds"] = {ids[w]: str(kinds[w]) for w in range(config.n_workers)}
+    return ratings
 
 
 def ratings_csv_bytes(ratings: pd.DataFrame) -> bytes:

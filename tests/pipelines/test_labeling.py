@@ -1,0 +1,173 @@
+"""The labeling round trip in memory: export -> simulated platform file -> import -> oracle labels."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import arena_cje.pipelines.labeling.nodes as labeling_nodes
+from arena_cje.crowd import RawFile
+from arena_cje.pipelines.labeling.pipeline import create_export_pipeline, create_import_pipeline, create_pipeline
+
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+POLICIES = ["pi_0", "pi_hot", "pi_cot", "pi_concise"]
+
+
+class FakeWorld:
+    """Stand-in for SimulatedTruth: quality from a hash of the response, votes 10 q + N(0, 1)."""
+
+    def true_quality(self, prompt: str, response: str) -> float:
+        return (zlib.crc32(response.encode()) % 1000) / 999
+
+    def true_value(self, policy, prompts):  # pragma: no cover - protocol completeness
+        raise NotImplementedError
+
+    def rate(self, prompt: str, response: str, n_votes: int, seed: int) -> list[int]:
+        rng = np.random.default_rng(seed)
+        q = self.true_quality(prompt, response)
+        return [int(np.clip(round(10 * q + rng.normal(0, 1)), 0, 10)) for _ in range(n_votes)]
+
+
+class _KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so intermediate results can be inspected."""
+
+    def _release(self) -> None:
+        pass
+
+
+def run_in_memory(pipeline, inputs, parameters):
+    """Like tests/pipelines/helpers.run_in_memory, but keeping intermediate datasets too
+    (the runner releases those before the helper reads them)."""
+    catalog = DataCatalog()
+    for name in pipeline.datasets():
+        if name.startswith("params:"):
+            value = parameters
+            for part in name.removeprefix("params:").split("."):
+                value = value[part]
+            catalog[name] = _KeptDataset(value)
+        elif name in inputs:
+            catalog[name] = _KeptDataset(inputs[name])
+        else:
+            catalog[name] = _KeptDataset()
+    SequentialRunner().run(pipeline, catalog)
+    return {name: catalog[name].load() for name in pipeline.all_outputs()}
+
+
+@pytest.fixture
+def world(monkeypatch):
+    fake = FakeWorld()
+    monkeypatch.setattr(labeling_nodes, "backend_from_params", lambda backend: fake)
+    return fake
+
+
+@pytest.fixture
+def run_inputs():
+    rng = np.random.default_rng(0)
+    n = 120
+    prompts = pd.DataFrame(
+        {"prompt_id": [f"p{i:04d}" for i in range(n)], "prompt": [f"Question number {i}?" for i in range(n)],
+         "split": np.where(rng.random(n) < 0.25, "calibration", "evaluation")}
+    )
+    # Response texts name neither policy nor prompt id, so the export can be checked for leaks.
+    rows = [(pid, pol, 0, f"Reply {rng.integers(10**9)}", None) for pid in prompts["prompt_id"] for pol in POLICIES]
+    responses = pd.DataFrame(rows, columns=["prompt_id", "policy", "draw_idx", "response", "error"])
+    responses.loc[5, ["response", "error"]] = ["", "timeout"]  # a failed generation is never labelled
+    judge = responses[["prompt_id", "policy", "draw_idx"]].assign(judge_score=rng.random(len(responses)))
+    logprobs = responses[["prompt_id", "policy"]].assign(logprob=-rng.random(len(responses)) * 50)
+    return {"prompts": prompts, "responses": responses, "judge_scores": judge, "logprobs": logprobs}
+
+
+def _params(parameters, **labeling):
+    params = {**parameters, "labeling": {**parameters["labeling"], "probe_size": 20, "gold_items": 15, "duplicate_items": 10, **labeling}}
+    return params
+
+
+def test_round_trip_restores_every_item(parameters, world, run_inputs):
+    params = _params(parameters)
+    out = run_in_memory(create_pipeline(), run_inputs, params)
+    items, mapping, tasks = out["label_items"], out["label_task_mapping"], out["label_tasks"]
+
+    # Blinded export: only the Surge columns, no judge score, no policy or prompt id anywhere.
+    assert list(tasks.columns) == ["task_id", "prompt", "response", "instructions", "rating_min", "rating_max"]
+    exported = tasks.to_csv(index=False)
+    assert not any(p in exported for p in POLICIES[1:]) and "p00" not in exported
+    assert tasks["task_id"].is_unique and set(tasks["task_id"]) == set(mapping["task_id"])
+    # Policies are shuffled, not in blocks: the policy changes often along the task order.
+    order = mapping.set_index("task_id").loc[tasks["task_id"], "policy"].to_numpy()
+    assert (order[1:] != order[:-1]).mean() > 0.3
+
+    # The private mapping restores prompt and (for non-gold tasks) response for every task.
+    prompts = run_inputs["prompts"].set_index("prompt_id")["prompt"]
+    resp = run_inputs["responses"].set_index(["prompt_id", "policy", "draw_idx"])["response"]
+    joined = tasks.merge(mapping, on="task_id")
+    assert (joined["prompt"] == joined["prompt_id"].map(prompts)).all()
+    real = joined[joined["kind"] != "gold"]
+    assert (real["response"].to_numpy() == resp.loc[list(zip(real["prompt_id"], real["policy"], real["draw_idx"]))].to_numpy()).all()
+
+    # Selection: the calibration slice of pi_0 plus probe_size per target policy.
+    calib = run_inputs["prompts"].query("split == 'calibration'")["prompt_id"]
+    assert set(items.query("purpose == 'calibration'")["prompt_id"]) == set(calib) - {"p0001"}  # row 5 = p0001/pi_hot failed
+    assert items.query("purpose == 'probe'").groupby("policy").size().to_dict() == {p: 20 for p in POLICIES[1:]}
+
+    # Import: the file the simulated platform wrote is parsed, validated, aggregated.
+    raw = out["crowd_ratings"]
+    assert isinstance(raw, RawFile) and raw.data.startswith(b"task_id,worker_id,rating")
+    labels = out["oracle_labels"]
+    assert list(labels.columns[:5]) == ["prompt_id", "policy", "draw_idx", "oracle_label", "n_votes"]
+    assert labels.columns[-1] == "purpose"
+    key = ["prompt_id", "policy", "draw_idx"]
+    assert labels[key].merge(items[key]).shape[0] == len(labels)  # every label maps back to a selected item
+    assert len(labels) >= 0.95 * len(items)
+    assert labels["oracle_label"].between(0, 1).all()
+    truth = np.array([world.true_quality("", r) for r in resp.loc[list(zip(labels["prompt_id"], labels["policy"], labels["draw_idx"]))]])
+    assert np.corrcoef(truth, labels["oracle_label"])[0, 1] > 0.8
+
+    # Every worker who gave a valid vote is scored on the gold items.
+    quality = out["worker_quality"]
+    assert set(quality["worker_id"]) == set(out["valid_ratings"]["worker_id"])
+    assert quality["n_gold"].sum() == out["valid_ratings"]["task_id"].isin(mapping.query("kind == 'gold'")["task_id"]).sum()
+
+    # The CJE dataset estimation reads carries the calibration labels.
+    logged = out["cje_logged_data"]
+    labelled = logged[logged["oracle_label"].notna()]
+    assert set(labelled["prompt_id"]) <= set(calib)
+    assert len(labelled) == (labels["purpose"] == "calibration").sum()
+    assert set(out["cje_probe_slices"]) == set(POLICIES[1:])
+
+    summary = out["labeling_summary"]
+    json.dumps(summary, allow_nan=False)
+    assert summary["labels"]["needed"] == len(items)
+    assert summary["labels"]["collected"] == len(labels)
+    assert summary["cost"]["expected"] == pytest.approx(len(tasks) * 3 * params["labeling"]["price_per_label"])
+    assert summary["agreement"]["overall"] is not None and summary["agreement"]["overall"] > 0.5
+    assert set(summary["agreement"]["by_policy"]) == set(POLICIES)
+
+
+def test_import_reads_a_label_studio_export_and_fails_on_mostly_bad_files(parameters, world, run_inputs):
+    params = _params(parameters, gold_items=0, duplicate_items=0)
+    exported = run_in_memory(create_export_pipeline(), run_inputs, params)
+    mapping = exported["label_task_mapping"]
+    ls_tasks = exported["label_studio_tasks"]
+    export = [
+        {"id": i, "data": t["data"], "annotations": [
+            {"completed_by": w, "result": [{"from_name": "rating", "to_name": "response", "type": "number", "value": {"number": 7}}]}
+            for w in (1, 2, 3)
+        ]}
+        for i, t in enumerate(ls_tasks)
+    ]
+    inputs = {**run_inputs, "label_task_mapping": mapping, "crowd_ratings": RawFile("export.json", json.dumps(export).encode())}
+    out = run_in_memory(create_import_pipeline(), inputs, params)
+    assert len(out["oracle_labels"]) == len(mapping)
+    assert (out["oracle_labels"]["oracle_label"] == 0.7).all()
+    assert out["labeling_summary"]["file"]["format"] == "label_studio_json"
+
+    garbage = b"task_id,worker_id,rating\n" + b"".join(f"{t},w,99\n".encode() for t in mapping["task_id"])
+    inputs["crowd_ratings"] = RawFile("bad.csv", garbage)
+    with pytest.raises(Exception, match=r"bad.csv: \d+ of \d+ rows are invalid"):
+        run_in_memory(create_import_pipeline(), inputs, params)
