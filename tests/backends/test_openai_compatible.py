@@ -357,3 +357,13 @@ def test_check_models_and_status_commands_logic(server, tmp_path):
     judge_row = next(line for line in table if line.startswith("judge"))
     assert judge_row.split()[1:5] == ["judge", "1", "0", "1"]  # done, but no value (unparseable)
     assert "of budget $5.00" in table[-2]
+
+
+@pytest.mark.parametrize("honour,option,verdict", [(False, False, "PASS"), (True, False, "FAIL"), (True, True, "PASS"), (False, True, "FAIL")])
+def test_self_check_detects_whether_echo_applies_temperature(tmp_path, honour, option, verdict):
+    policy = PolicySpec("pi_t", model="fake-llm", temperature=0.5, system_prompt="Hi.")
+    with FakeOpenAIServer(honour_temperature=honour) as srv:
+        report = backend(srv, tmp_path, store_path=None, echo_applies_temperature=option).self_check(policy, ["Why?"])
+    assert report.verdict == verdict, report.details
+    if verdict == "FAIL":
+        assert f"echo_applies_temperature: {str(honour).lower()}" in report.details[-1]

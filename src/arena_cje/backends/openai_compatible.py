@@ -292,6 +292,8 @@ class OpenAICompatibleBackend:
         judge_json_mode: Send ``response_format={"type": "json_object"}`` to the judge.
         check_tolerance: Allowed mean |difference| per token (nats) in :meth:`self_check`.
         progress: Show tqdm progress bars.
+        seed: Ignored. It is the simulated backend's option in ``conf/base``; parameters merge
+            softly, so it reaches every backend's options. Sampling seeds are per item.
     """
 
     def __init__(
@@ -320,6 +322,7 @@ class OpenAICompatibleBackend:
         judge_json_mode: bool = False,
         check_tolerance: float = 0.02,
         progress: bool = True,
+        seed: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("backend.options.concurrency must be >= 1")
@@ -856,7 +859,26 @@ class OpenAICompatibleBackend:
             if not ok:
                 report.verdict = "FAIL"
         report.max_abs_diff_per_token = worst
+        if policy.temperature != 1.0 and report.verdict != "ERROR" and gens and not gens[-1].error:
+            self._check_echo_temperature(policy, t1, prompts[-1], gens[-1].text, report)
         return report
+
+    def _check_echo_temperature(self, policy: PolicySpec, t1: PolicySpec, prompt: str, text: str, report: CheckReport) -> None:
+        """Does the provider apply the sent temperature to echo log-probs? Must match the option."""
+        full, _, _ = self.template.render(prompt, text, policy.system_prompt, with_bos=self.with_bos)
+        try:
+            at_t = self._echo(full, policy)[0]["token_logprobs"][1:]
+            at_1 = self._echo(full, t1)[0]["token_logprobs"][1:]
+        except (ConfigurationError, MalformedResponseError, *_RETRYABLE) as exc:
+            report.verdict = "ERROR"
+            report.details.append(self._scrub(f"echo at T={policy.temperature} failed: {exc}"))
+            return
+        applied = any(abs(a - b) > 1e-6 for a, b in zip(at_t, at_1) if a is not None and b is not None)
+        report.details.append(f"echo log-probs {'change' if applied else 'do not change'} with temperature "
+                              f"(echo_applies_temperature={self.echo_applies_temperature})")
+        if applied != self.echo_applies_temperature:
+            report.verdict = "FAIL"
+            report.details.append(f"set backend.options.echo_applies_temperature: {str(applied).lower()}")
 
 
 class _Stopped(RuntimeError):
