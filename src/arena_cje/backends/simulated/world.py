@@ -173,6 +173,7 @@ class WorldModel:
             w[idx] = wc - wc.mean()
         self.word_logit = w
         self._cache: OrderedDict[tuple, Tables] = OrderedDict()
+        self._word_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ tables
     def tables(self, pf: PromptFeatures, pol: PolicyFeatures, temperature: float, max_tokens: int) -> Tables:
@@ -188,12 +189,30 @@ class WorldModel:
             self._cache.popitem(last=False)
         return tab
 
+    def _prompt_words(self, pf: PromptFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """(word classes, word logits ``w[v] - log |class(v)| + e_prompt[v]``) of a prompt (cached)."""
+        hit = self._word_cache.get(pf.key)
+        if hit is not None and hit[0] == pf.topic:
+            return hit[1], hit[2]
+        cls = word_classes(pf.topic)
+        counts = np.bincount(cls, minlength=N_CLASSES)
+        prng = np.random.default_rng([self.seed, pf.key & 0xFFFFFFFF, pf.key >> 32])
+        e_prompt = prng.normal(0.0, self.prompt_noise_sd, N_WORDS)
+        # hallucinations are prompt-specific and can be likely: error words get a wider spread, so
+        # errors do not vanish at low temperature
+        e_prompt[cls == ERR] *= 4.0
+        word = self.word_logit - np.log(counts[cls]) + e_prompt
+        if len(self._word_cache) >= 4 * self.cache_size:
+            self._word_cache.clear()
+        self._word_cache[pf.key] = (pf.topic, cls, word)
+        return cls, word
+
     def _build(self, pf: PromptFeatures, pol: PolicyFeatures, T: float, max_tokens: int) -> Tables:
         if not T > 0:
             raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        cls = word_classes(pf.topic)
+        cls, word = self._prompt_words(pf)
         d = pf.difficulty
         shift = np.asarray(pol.class_shift, dtype=np.float64).copy()
         shift[ERR] += 1.2 * d - 0.4                 # harder prompts -> more errors
@@ -201,13 +220,6 @@ class WorldModel:
         if pol.cot:
             shift[ERR] -= 0.5 * d                   # step-by-step helps most where it is hard
         class_logit = BASE_CLASS_LOGIT[None, :] + TRANSITION + shift[None, :]       # (S, C)
-        counts = np.bincount(cls, minlength=N_CLASSES)
-        prng = np.random.default_rng([self.seed, pf.key & 0xFFFFFFFF, pf.key >> 32])
-        e_prompt = prng.normal(0.0, self.prompt_noise_sd, N_WORDS)
-        # hallucinations are prompt-specific and can be likely: error words get a wider spread, so
-        # errors do not vanish at low temperature
-        e_prompt[cls == ERR] *= 4.0
-        word = self.word_logit - np.log(counts[cls]) + e_prompt                     # (V,)
         z = self.logit_scale * (class_logit[:, cls] + word[None, :])                # (S, V)
         lse1 = _lse_rows(z)                                                  # (S,)
         L = max(pf.target_length * pol.length_mult, 2.0)
