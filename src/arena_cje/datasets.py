@@ -1,4 +1,4 @@
-"""Catalog dataset types for optional inputs (probe slices, true values)."""
+"""Catalog dataset types for optional inputs (probe slices, true values, raw Arena conversations)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.partitions import PartitionedDataset
 
@@ -34,3 +35,87 @@ class OptionalCSVDataset(CSVDataset):
         if not self._exists():
             return pd.DataFrame(columns=self._columns)
         return super().load()
+
+
+class ArenaConversationsDataset(AbstractDataset[None, dict[str, Callable[[], pd.DataFrame]]]):
+    """The raw Chatbot Arena conversations, loaded only when the run asks for them.
+
+    ``load()`` reads nothing: it returns ``{"arena_local": loader, "arena_hf": loader}`` (like a
+    ``PartitionedDataset``'s lazy partitions). The ``data_prep`` node calls the loader named by
+    ``prompts.source``, so the default ``simulated`` run works with no raw file and no token.
+
+    Args:
+        filepath: Local export (``.parquet``, ``.jsonl``, ``.json``, or a folder of them).
+        hf_dataset: Arguments of kedro-datasets' ``huggingface.HFDataset``: ``dataset_name`` and
+            ``dataset_kwargs`` (passed to ``datasets.load_dataset``: ``split``, ``revision``, ...).
+        credentials: Kedro credentials; ``token`` is the Hugging Face access token (the dataset is
+            gated). Without it ``datasets`` falls back to ``HF_TOKEN`` / ``hf auth login``.
+        metadata: Kedro-Viz and other metadata.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str | None = None,
+        hf_dataset: dict[str, Any] | None = None,
+        credentials: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._filepath = filepath
+        self._hf_dataset = dict(hf_dataset or {})
+        self._token = (credentials or {}).get("token")
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Callable[[], pd.DataFrame]]:
+        return {"arena_local": self._load_local, "arena_hf": self._load_hf}
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("ArenaConversationsDataset is read-only (raw input)")
+
+    def _describe(self) -> dict[str, Any]:
+        # Never the token.
+        return {"filepath": self._filepath, "hf_dataset": self._hf_dataset.get("dataset_name")}
+
+    def _exists(self) -> bool:
+        from pathlib import Path
+
+        return self._filepath is not None and Path(self._filepath).exists()
+
+    def _load_local(self) -> pd.DataFrame:
+        from arena_cje.prompts import read_arena_export
+
+        if self._filepath is None:
+            raise DatasetError("prompts.source=arena_local: set `filepath` of the arena_conversations catalog entry")
+        try:
+            return read_arena_export(self._filepath)
+        except FileNotFoundError as exc:
+            raise DatasetError(
+                f"prompts.source=arena_local: {exc}. Export lmsys/chatbot_arena_conversations there "
+                "(Parquet, JSON or JSONL) or point arena_conversations.filepath at your copy in "
+                "conf/local/catalog.yml (see docs/prompts.md)."
+            ) from exc
+
+    def _load_hf(self) -> pd.DataFrame:
+        if "dataset_name" not in self._hf_dataset:
+            raise DatasetError("prompts.source=arena_hf: set `hf_dataset.dataset_name` of the arena_conversations catalog entry")
+        import importlib.util
+
+        # Checked first: importing kedro_datasets.huggingface without `datasets` still pulls in
+        # transformers (tens of seconds) before failing.
+        if importlib.util.find_spec("datasets") is None:
+            raise DatasetError(
+                "prompts.source=arena_hf needs the Hugging Face `datasets` package: "
+                "pip install 'kedro-datasets[huggingface-hfdataset]'"
+            )
+        from kedro_datasets.huggingface import HFDataset
+        kwargs = dict(self._hf_dataset.get("dataset_kwargs") or {})
+        if self._token:
+            kwargs["token"] = self._token
+        data = HFDataset(dataset_name=self._hf_dataset["dataset_name"], dataset_kwargs=kwargs).load()
+        if hasattr(data, "to_pandas"):
+            return data.to_pandas()
+        # A DatasetDict (no `split` given): the Arena dataset has a single `train` split.
+        splits = list(data.keys())
+        if len(splits) != 1:
+            raise DatasetError(f"prompts.source=arena_hf: several splits {splits}; set hf_dataset.dataset_kwargs.split")
+        return data[splits[0]].to_pandas()
