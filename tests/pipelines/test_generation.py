@@ -88,3 +88,17 @@ def test_unknown_policy_field_names_the_policy(prompts, parameters):
     policies = {"pi_0": {"temprature": 0.5}}
     with pytest.raises(ValueError, match=r"policies.pi_0: unknown field\(s\) \['temprature'\]"):
         compute_true_values(prompts, parameters["backend"], policies, parameters["policy_defaults"])
+
+
+def test_backend_without_generation_logprobs_is_reported_not_failed():
+    responses = pd.DataFrame({"prompt_id": ["a", "b"], "policy": "pi_0", "logprob": [np.nan, np.nan]})
+    logprobs = pd.DataFrame({"prompt_id": ["a", "b"], "policy": "pi_0", "logprob": [-3.0, -4.0]})
+    report = check_teacher_forcing(responses, logprobs, "pi_0")
+    assert report["passed"] is None and "check-models" in report["note"]
+
+
+def test_truncated_responses_are_flagged(prompts, parameters):
+    defaults = {**parameters["policy_defaults"], "max_tokens": 8}
+    responses = generate_responses(prompts, parameters["backend"], parameters["policies"], defaults, parameters["generation"])
+    assert responses["truncated"].any()
+    assert (responses.loc[responses["truncated"], "n_tokens"] >= 8).all()

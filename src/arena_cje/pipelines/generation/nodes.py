@@ -15,7 +15,7 @@ from arena_cje.experiment import backend_from_params, policy_specs, stable_seed
 
 logger = logging.getLogger(__name__)
 
-RESPONSE_COLUMNS = ["prompt_id", "policy", "draw_idx", "response", "logprob", "n_tokens", "error"]
+RESPONSE_COLUMNS = ["prompt_id", "policy", "draw_idx", "response", "logprob", "n_tokens", "truncated", "error"]
 LOGPROB_COLUMNS = ["prompt_id", "policy", "logprob", "n_tokens", "tail_mass_bound", "error"]
 
 
@@ -33,8 +33,10 @@ def generate_responses(
     ``logprob`` missing.
 
     Returns:
-        Columns ``prompt_id, policy, draw_idx, response, logprob, n_tokens, error``; ``logprob``
-        is the log-prob the backend reported at generation (``NaN`` when it reports none).
+        Columns ``prompt_id, policy, draw_idx, response, logprob, n_tokens, truncated, error``;
+        ``logprob`` is the log-prob the backend reported at generation (``NaN`` when it reports
+        none, e.g. chat APIs that omit the end-of-turn token); ``truncated`` marks responses cut
+        at ``max_tokens``.
     """
     client = backend_from_params(backend)
     frames = []
@@ -50,6 +52,7 @@ def generate_responses(
                     "response": [r.text for r in results],
                     "logprob": [_missing_to_nan(r.logprob) for r in results],
                     "n_tokens": [r.n_tokens for r in results],
+                    "truncated": [_is_truncated(r, spec.max_tokens) for r in results],
                     "error": [r.error for r in results],
                 }
             )
@@ -109,6 +112,15 @@ def check_teacher_forcing(responses: pd.DataFrame, logprobs: pd.DataFrame, loggi
     """
     generated = responses[responses["policy"] == logging_policy].set_index("prompt_id")["logprob"]
     forced = logprobs[logprobs["policy"] == logging_policy].set_index("prompt_id")["logprob"]
+    if generated.notna().sum() == 0:
+        return {
+            "policy": logging_policy,
+            "n_compared": 0,
+            "n_missing": int(len(generated)),
+            "passed": None,
+            "note": "this backend reports no generation log-probs; run `kedro check-models` to compare "
+            "teacher forcing with the provider's own log-probs",
+        }
     both = pd.concat({"generated": generated, "forced": forced}, axis=1)
     complete = both.dropna()
     diff = (complete["generated"] - complete["forced"]).abs()
@@ -154,6 +166,12 @@ def _logged_responses(prompts: pd.DataFrame, responses: pd.DataFrame, logging_po
     logged = responses[responses["policy"] == logging_policy][["prompt_id", "response", "error"]]
     logged = logged[logged["error"].isna()]
     return prompts[["prompt_id", "prompt"]].merge(logged, on="prompt_id", how="inner")
+
+
+def _is_truncated(result: Any, max_tokens: int) -> bool:
+    if "truncated" in result.usage:
+        return bool(result.usage["truncated"])
+    return result.n_tokens is not None and result.n_tokens >= max_tokens
 
 
 def _missing_to_nan(value: float | None) -> float:

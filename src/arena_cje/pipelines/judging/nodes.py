@@ -13,16 +13,18 @@ from arena_cje.experiment import backend_from_params, judge_spec
 
 logger = logging.getLogger(__name__)
 
-JUDGE_COLUMNS = ["prompt_id", "policy", "draw_idx", "judge_score", "judge_raw", "error"]
+JUDGE_COLUMNS = ["prompt_id", "policy", "draw_idx", "judge_score", "judge_rescore", "judge_raw", "error"]
 
 
 def judge_responses(prompts: pd.DataFrame, responses: pd.DataFrame, backend: dict[str, Any], judge: dict[str, Any]) -> pd.DataFrame:
     """Score every successfully generated response with the judge (0-1).
 
     Unparseable or refused judgements keep ``judge_score`` missing and carry the raw text.
+    ``judge_rescore`` is a second judgement of a random subset (backends with
+    ``judge_rescore_fraction``), to measure the judge's own noise; missing elsewhere.
 
     Returns:
-        Columns ``prompt_id, policy, draw_idx, judge_score, judge_raw, error``.
+        Columns ``prompt_id, policy, draw_idx, judge_score, judge_rescore, judge_raw, error``.
     """
     items = responses[responses["error"].isna()].merge(prompts[["prompt_id", "prompt"]], on="prompt_id", how="left")
     results = judge_batch(backend_from_params(backend), items["prompt"].tolist(), items["response"].tolist(), judge_spec(judge))
@@ -32,6 +34,7 @@ def judge_responses(prompts: pd.DataFrame, responses: pd.DataFrame, backend: dic
             "policy": items["policy"].to_numpy(),
             "draw_idx": items["draw_idx"].to_numpy(),
             "judge_score": [np.nan if r.score is None else float(r.score) for r in results],
+            "judge_rescore": [r.usage.get("rescore_score", np.nan) for r in results],
             "judge_raw": [r.raw for r in results],
             "error": [r.error for r in results],
         }
