@@ -9,6 +9,8 @@ are read.  Conventions chosen here:
   ``n_tokens == max_tokens``, ``usage["truncated"] == 1`` and its log-prob has no EOT term.
   Teacher forcing mirrors this: a text of exactly ``max_tokens`` words is scored without EOT, a
   shorter one with EOT, a longer one cannot be produced (``logprob=None`` with an error).
+* Tokenisation is ``str.split()``: texts that differ only in whitespace get the same score (the
+  model itself only ever emits single spaces).
 * The judge ignores ``JudgeSpec.model``/``rubric``/``temperature``: its score is a deterministic
   function of the (prompt, response) pair (its noise is a hash of the pair).
 * Raters: vote = clip(round(10 Y + e), 0, 10), e ~ N(0, rater_noise_sd^2) i.i.d., so the mean vote

@@ -38,17 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     b = SimulatedBackend(seed=args.seed)
     prompts = synthetic_prompts(args.n_prompts, seed=42)["prompt"].tolist()
     seeds = list(range(len(prompts)))
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     gens = {p.name: b.generate_batch(prompts, p, seeds) for p in POLICIES}
     t1 = time.perf_counter()
     logged = [g.text for g in gens["pi_0"]]
     tf = {p.name: b.teacher_force_batch(prompts, logged, p) for p in POLICIES}
     t2 = time.perf_counter()
     judged = {k: b.judge_batch(prompts, [g.text for g in v], JudgeSpec()) for k, v in gens.items()}
-    t3 = time.perf_counter()
+    c3, t3 = time.process_time(), time.perf_counter()
     n = len(prompts) * len(POLICIES)
     print(f"generate {n}: {t1 - t0:.2f}s | teacher-force {n}: {t2 - t1:.2f}s | judge {n}: {t3 - t2:.2f}s"
-          f" | total {t3 - t0:.2f}s")
+          f" | total {t3 - t0:.2f}s wall, {c3 - c0:.2f}s CPU")
     gens[ADVERSARIAL.name] = b.generate_batch(prompts, ADVERSARIAL, seeds)
     judged[ADVERSARIAL.name] = b.judge_batch(prompts, [g.text for g in gens[ADVERSARIAL.name]], JudgeSpec())
     tf[ADVERSARIAL.name] = b.teacher_force_batch(prompts, logged, ADVERSARIAL)
@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"  corr(judge,Y) {np.corrcoef(js, y)[0, 1]:.2f}  ESS(pi_0 logs) {100 * ess:6.2f}%"
                 f"  max|log w| {np.abs(lr).max():7.1f}")
         if not args.no_truth:
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             v, se = b.true_value_detail(pol, prompts)
-            line += f"  V={v:.4f} (s.e. {se:.5f}, {time.perf_counter() - t:.1f}s)"
+            line += (f"  V={v:.4f} (s.e. {se:.5f}, {time.perf_counter() - t:.1f}s wall,"
+                     f" {time.process_time() - c:.1f}s CPU)")
         print(line, flush=True)
 
 

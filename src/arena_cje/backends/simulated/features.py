@@ -26,7 +26,6 @@ from arena_cje.backends.simulated.vocab import (
     TOPICS,
 )
 
-_MASK64 = (1 << 64) - 1
 
 #: Extra words (beyond the topic's content words) that point a prompt to a topic.
 TOPIC_HINTS: dict[str, tuple[str, ...]] = {

@@ -8,7 +8,9 @@ step) is
 
 with ``B`` base class logits, ``A`` class transitions, ``w`` the world's word logits (seeded Zipf-like
 weights minus ``log |class|``, so a class's total mass does not grow with its size) and ``e_prompt``
-a hashed per-prompt perturbation.  The end-of-turn (EOT) logit depends on the position ``t`` (number
+a per-prompt perturbation ~ N(0, prompt_noise_sd^2), four times wider on error words (a prompt's
+likely hallucinations stay likely at low temperature).  ``shift_prompt``: errors ``+1.2 d - 0.4``,
+reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts.  The end-of-turn (EOT) logit depends on the position ``t`` (number
 of words already produced):
 
     z_eot[s, t] = logsumexp_v z[s, v] + A_eot[s] + eot_slope * log((t + 1) / L),
@@ -23,7 +25,8 @@ Exactness.  Tables are computed one prompt at a time (same array shapes every ti
 the per-token log-prob is always the single subtraction above on table entries; sequence totals are
 sums in token order starting from 0.0.  Generation and teacher forcing therefore agree bitwise.
 
-Sampling is counter-based: the uniform for step ``t`` of a sequence is ``splitmix64(key + (t + 1) G)``
+Sampling at step ``t``: EOT if ``u < P(EOT)``, else the word at ``(u - P(EOT)) / (1 - P(EOT))`` of
+the words' conditional CDF (inverse-CDF sampling with one uniform ``u``).  Sampling is counter-based: the uniform for step ``t`` of a sequence is ``splitmix64(key + (t + 1) G)``
 with a per-sequence key, so a sequence's draw does not depend on the batch it is generated in.
 """
 
