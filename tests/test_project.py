@@ -58,6 +58,7 @@ def _copy_project(tmp_path: Path) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    (project / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
     shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
     (project / "conf" / "local").mkdir()
     for layer in (PROJECT_ROOT / "data").iterdir():
@@ -90,3 +91,24 @@ def test_whole_project_run_in_a_temporary_copy(tmp_path):
         session.run(pipeline_names=["estimation"])
     again = pd.read_csv(project / "data/07_model_output/policy_estimates.csv")
     pd.testing.assert_frame_equal(estimates, again)
+
+
+LAYER_ORDER = ["raw", "intermediate", "primary", "feature", "model_input", "models", "model_output", "reporting"]
+
+
+def test_kedro_viz_layers_follow_the_data_flow():
+    """kedro-viz disables its layer view when a node reads a later layer than it writes."""
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("arena_cje")
+    catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())
+    layer = {
+        name: LAYER_ORDER.index(entry["metadata"]["kedro-viz"]["layer"])
+        for name, entry in catalog.items()
+        if not name.startswith("_") and "layer" in entry.get("metadata", {}).get("kedro-viz", {})
+    }
+    assert len(layer) >= len(catalog) - 3, "most datasets should have a kedro-viz layer"
+    for node in pipelines["__default__"].nodes:
+        ins = [layer[d] for d in node.inputs if d in layer]
+        outs = [layer[d] for d in node.outputs if d in layer]
+        assert not ins or not outs or min(outs) >= max(ins), f"node {node.name} writes to an earlier layer than it reads"

@@ -145,7 +145,7 @@ def collect_simulated_ratings(
     client = backend_from_params(backend)
     if not isinstance(client, SimulatedTruth):
         raise RuntimeError(
-            "This backend has no simulated raters. Send data/02_intermediate/labeling/label_tasks.csv (Surge), "
+            "This backend has no simulated raters. Send data/03_primary/labeling/label_tasks.csv (Surge), "
             "label_tasks_generic.csv or label_studio_tasks.json to your labeling platform, save its results as "
             "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipeline labeling_import` and "
             "`kedro run --pipeline estimation`."
