@@ -51,7 +51,7 @@ from arena_cje.backends.simulated.world import (
 )
 
 #: Bump when the world's formulas change: it is part of the on-disk true-value cache key.
-WORLD_VERSION = "sim-world-1"
+WORLD_VERSION = "sim-world-2"
 _DOMAIN_GENERATE = 0x47454E
 _DOMAIN_TRUTH = 0x545255
 
@@ -230,10 +230,10 @@ class SimulatedBackend:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        st, _ = self._stats(prompts, responses)
+        st, difficulty = self._stats(prompts, responses)
         u = np.array([hash_unit(self.seed, "judge", p, r) for p, r in zip(prompts, responses, strict=True)])
         noise = self.judge_noise_sd * norm.ppf(u)
-        scores = judge_score_from_latent(judge_latent_from_stats(st), noise)
+        scores = judge_score_from_latent(judge_latent_from_stats(st, difficulty), noise)
         return [Judgement(score=float(s), raw=json.dumps({"score": round(float(s), 2), "reason": "simulated judge"}),
                           error=None, usage={"prompt_tokens": 0.0})
                 for s in scores]

@@ -169,7 +169,7 @@ def policy_features(system_prompt: str, adversarial_keyword: str) -> PolicyFeatu
 
     Step-by-step prompts raise reasoning (+0.7) and lower errors (-0.3) and length x1.25; concise
     prompts lower filler (-1.0) and set length x0.7; detailed prompts set length
-    x1.5; the adversarial keyword raises misleading (+3.0) and error (+0.5) tokens and lowers on-topic
+    x1.5; the adversarial keyword raises misleading (+5.5) and error (+0.5) tokens and lowers on-topic
     content (-0.3).
     """
     sp = system_prompt.lower()
@@ -188,7 +188,7 @@ def policy_features(system_prompt: str, adversarial_keyword: str) -> PolicyFeatu
     if any(m in sp for m in DETAILED_MARKERS):
         mult *= 1.5
     if adversarial:
-        shift[MIS] += 3.0
+        shift[MIS] += 5.5
         shift[ERR] += 0.5
         shift[ON] -= 0.3
     return PolicyFeatures(class_shift=tuple(float(x) for x in shift), length_mult=mult, cot=cot,

@@ -60,7 +60,7 @@ UNKNOWN = N_CLASSES        # class of an out-of-vocabulary word in quality/judge
 OOV_ID = N_WORDS           # token id used for out-of-vocabulary words in quality/judge features
 
 #: Base class logits: log of the class shares of a plain T = 1 response.
-BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.015, 0.006]))
+BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.015, 0.0005]))
 #: Class transitions A[prev_state, class] (rows: FUNC, ON, OFF, GEN, FIL, REA, ERR, MIS, START).
 TRANSITION = np.array([
     # FUNC  ON    OFF   GEN   FIL   REA   ERR   MIS
@@ -369,6 +369,15 @@ def _sat(x: np.ndarray, scale: float) -> np.ndarray:
     return 1.0 - np.exp(-x / scale)
 
 
+def quality_logit(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
+    """The logit ``s`` of the true quality (see :func:`true_quality_from_stats`)."""
+    c = st.counts.astype(np.float64)
+    n = np.maximum(st.n, 1).astype(np.float64)
+    return (-1.6 + 2.4 * _sat(st.n_on_distinct, 2.5) + (0.1 + 1.6 * difficulty) * _sat(c[:, REA], 2.0)
+            + 0.5 * _sat(c[:, GEN], 5.0) - 0.55 * c[:, ERR] - 0.9 * c[:, MIS] - 2.0 * c[:, FIL] / n
+            - 1.5 * c[:, OFF] / n)
+
+
 def true_quality_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
     """True quality ``Y = sigmoid(s)`` with
 
@@ -377,25 +386,22 @@ def true_quality_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray
     ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
     Content saturates while errors accumulate, so length alone is roughly neutral.
     """
-    c = st.counts.astype(np.float64)
-    n = np.maximum(st.n, 1).astype(np.float64)
-    s = (-1.6 + 2.4 * _sat(st.n_on_distinct, 2.5) + (0.1 + 1.6 * difficulty) * _sat(c[:, REA], 2.0)
-         + 0.5 * _sat(c[:, GEN], 5.0) - 0.55 * c[:, ERR] - 0.9 * c[:, MIS] - 2.0 * c[:, FIL] / n
-         - 1.5 * c[:, OFF] / n)
-    return 1.0 / (1.0 + np.exp(-s))
+    return 1.0 / (1.0 + np.exp(-quality_logit(st, difficulty)))
 
 
-def judge_latent_from_stats(st: TextStats) -> np.ndarray:
-    """The judge's perceived quality (before noise): ``s_J = -1.2 + 2.0 cov + 0.8 rea + 0.4 gen
-    - 0.35 n_err + 0.8 * 3 (1 - exp(-n_mis / 3)) - 1.2 f_fil - 1.0 f_off + 0.9 log((n + 1) / 40)``.
+def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
+    """The judge's perceived quality (before noise):
+    ``s_J = 0.8 (s + 0.9 n_mis) + 2.4 (1 - exp(-n_mis / 3)) + 0.9 log((n + 1) / 40)``.
 
-    It ignores difficulty, half-notices errors, takes confident misleading words as a plus and
-    rewards length (last term).
+    Apart from misleading words the judge sees what the truth sees, compressed (0.8), plus a
+    length bonus (last term): given the response length, the judge-to-oracle relation is the
+    same for every ordinary policy, so a calibration on judge score *and length* transports while
+    one on the judge score alone does not (policies differ in length). Confident misleading words
+    are not penalised but rewarded: an adversarial policy breaks transport, which only an oracle
+    probe of its own responses can reveal.
     """
     c = st.counts.astype(np.float64)
-    n = np.maximum(st.n, 1).astype(np.float64)
-    return (-1.2 + 2.0 * _sat(st.n_on_distinct, 4.0) + 0.8 * _sat(c[:, REA], 3.0) + 0.4 * _sat(c[:, GEN], 5.0)
-            - 0.35 * c[:, ERR] + 2.4 * _sat(c[:, MIS], 3.0) - 1.2 * c[:, FIL] / n - 1.0 * c[:, OFF] / n
+    return (0.8 * (quality_logit(st, difficulty) + 0.9 * c[:, MIS]) + 2.4 * _sat(c[:, MIS], 3.0)
             + 0.9 * np.log((st.n + 1.0) / 40.0))
 
 
