@@ -1,0 +1,194 @@
+"""Assemble the run report from the run's tables, diagnostics and figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from .budget import plan_label_budget
+from .document import Figure, Section, render_html, render_markdown
+from .figures import plot_calibration, plot_differences, plot_forest, plot_weight_diagnostics
+from .tables import differences_vs_baseline, flatten_parameters
+from .verdicts import policy_verdicts
+
+#: Section ids, in order (tests check each has content).
+SECTION_IDS = (
+    "verdicts", "estimates", "differences", "calibration", "weights", "transport", "budget", "stages",
+    "teacher_forcing", "labeling", "configuration",
+)
+
+
+def plan_label_budget_for_verdicts(
+    estimates: pd.DataFrame | None, verdicts: pd.DataFrame, parameters: Mapping[str, Any]
+) -> pd.DataFrame:
+    """The planner (:func:`plan_label_budget`) for each policy's speaking estimator only.
+
+    Targets come from ``parameters["report"]["target_half_widths"]`` (default 0.03, 0.02, 0.01).
+    """
+    report = parameters.get("report", {}) or {}
+    targets = tuple(report.get("target_half_widths", (0.03, 0.02, 0.01)))
+    alpha = float((parameters.get("estimation", {}) or {}).get("alpha", 0.05))
+    plan = plan_label_budget(estimates, targets, alpha=alpha)
+    speaking = set(zip(verdicts["policy"], verdicts["estimator"], strict=True))
+    keep = [(p, e) in speaking for p, e in zip(plan["policy"], plan["estimator"], strict=True)]
+    return plan[keep].reset_index(drop=True)
+
+
+def build_report(
+    *,
+    parameters: Mapping[str, Any],
+    policy_estimates: pd.DataFrame,
+    policy_differences: pd.DataFrame,
+    estimation_result: Any,
+    policy_truth: pd.DataFrame | None = None,
+    teacher_forcing_check: Mapping[str, Any] | None = None,
+    stage_summary: pd.DataFrame | None = None,
+    prompt_filter_report: Mapping[str, Any] | None = None,
+    labeling_summary: Mapping[str, Any] | None = None,
+    label_budget: pd.DataFrame | None = None,
+    title: str = "Arena CJE run report",
+) -> tuple[str, str, list[Section]]:
+    """Build the report.
+
+    Args:
+        parameters: All run parameters (the configuration table; ``logging_policy`` names the
+            baseline, ``estimation.alpha`` the CI level, ``estimation.gates.hill_warn`` the tail line).
+        policy_estimates: One row per (policy, estimator) with ``truth`` where known.
+        policy_differences: Paired differences (``policy - baseline`` per row).
+        estimation_result: :class:`arena_cje.cje.EstimationResult` (calibration, weights, transport).
+        policy_truth: True values (simulated backend), if known.
+        teacher_forcing_check: The generation stage's log-prob self-check.
+        stage_summary: Per stage and policy counts, failures, cost (:func:`tables.stage_summary`).
+        prompt_filter_report: What the prompt filters removed.
+        labeling_summary: Labels collected vs needed, agreement, QC, cost (optional).
+        label_budget: Planner table; computed here from ``estimation_result`` if omitted.
+        title: Page title.
+
+    Returns:
+        ``(html, markdown, sections)``.
+    """
+    baseline = str(parameters.get("logging_policy", "pi_0"))
+    est_params = parameters.get("estimation", {}) or {}
+    alpha = float(est_params.get("alpha", 0.05))
+    hill_warn = float((est_params.get("gates") or {}).get("hill_warn", 2.0))
+    result_estimates = getattr(estimation_result, "estimates", None)
+    transport = getattr(estimation_result, "transport_table", pd.DataFrame())
+    calibration = getattr(estimation_result, "calibration", None)
+    weights = getattr(estimation_result, "weights", {}) or {}
+    sections: list[Section] = []
+
+    verdicts = policy_verdicts(policy_estimates, policy_differences, baseline, transport)
+    sections.append(Section("verdicts", "Verdict per policy", [
+        f"Each policy is judged by its preferred estimator that was not refused; target policies as the "
+        f"paired difference against the logging policy {baseline} on the oracle scale, with "
+        f"{1 - alpha:.0%} confidence intervals.",
+        [f"[{r.status}] {r.verdict}" for r in verdicts.itertuples()],
+    ]))
+
+    stage_blocks: list[Any] = []
+    if prompt_filter_report:
+        steps = pd.DataFrame(prompt_filter_report.get("steps", []), columns=["name", "rule", "removed", "remaining"])
+        stage_blocks.append(
+            f"Prompts: source {prompt_filter_report.get('source')}, {prompt_filter_report.get('input_rows')} input rows, "
+            f"{prompt_filter_report.get('eligible')} eligible after the filters"
+            + (":" if len(steps) else " (no filters apply to this source).")
+        )
+        if len(steps):
+            stage_blocks.append(steps)
+    if stage_summary is not None and len(stage_summary):
+        stage_blocks += ["Per stage and policy: rows produced, failures (rows with an error, never imputed), "
+                         "tokens and cost where the backend records them.", stage_summary]
+    sections.append(Section("stages", "Run stages: counts, failures and cost",
+                            stage_blocks or ["No stage summary was passed to the report."]))
+
+    shown = policy_estimates.drop(columns=[c for c in ("var_if", "var_oua", "df") if c in policy_estimates])
+    sections.append(Section("estimates", "Estimates", [
+        Figure("forest_plot", plot_forest(policy_estimates),
+               "Every estimator's estimate and CI per policy; dashed line: true value where known; faded x: refused."),
+        shown,
+    ]))
+
+    vs = differences_vs_baseline(policy_differences, baseline)
+    sections.append(Section("differences", f"Paired differences against {baseline}", [
+        Figure("differences_plot", plot_differences(policy_differences, baseline),
+               f"policy − {baseline} on shared prompts; an interval excluding 0 is a clear difference."),
+        vs if len(vs) else f"No paired differences against {baseline}.",
+    ]))
+
+    if calibration is not None:
+        cal_table = pd.DataFrame([
+            {"quantity": "calibrator", "value": calibration.calibrator},
+            {"quantity": "oracle labels", "value": calibration.n_labelled},
+            {"quantity": "out-of-fold RMSE", "value": calibration.oof_rmse},
+            {"quantity": "mean absolute calibration error", "value": calibration.mean_abs_calibration_error},
+            *({"quantity": f"fold stability: {k}", "value": v} for k, v in calibration.fold_stability.items()),
+        ])
+        cal_blocks: list[Any] = [Figure("calibration_plot", plot_calibration(calibration),
+                                        "Left: labelled responses and the judge→oracle calibrator. Right: binned reliability."),
+                                 cal_table, calibration.selection]
+    else:
+        cal_blocks = ["No calibration was fitted (too few oracle labels): calibrated estimators are refused."]
+    sections.append(Section("calibration", "Calibration (judge → oracle)", cal_blocks))
+
+    if weights:
+        wt = estimation_result.weights_table
+        sections.append(Section("weights", "Importance-weight diagnostics", [
+            Figure("weight_diagnostics_plot", plot_weight_diagnostics(weights, hill_warn),
+                   "Raw log-weights, ESS fraction before/after SIMCal stabilisation, Hill tail index."),
+            wt,
+        ]))
+    else:
+        sections.append(Section("weights", "Importance-weight diagnostics",
+                                ["No importance weights: no target-policy log-probs were available."]))
+
+    gate_rows = policy_estimates[policy_estimates["status"] != "ok"][["policy", "estimator", "status", "reasons"]]
+    tblocks: list[Any] = []
+    if len(transport):
+        failed = transport[~transport["passed"].astype(bool)]
+        tblocks += [
+            "Transport audit: the calibrator's mean residual (oracle − calibrated judge) on each target policy's "
+            "oracle-labelled probe. It fails when the residual is both larger than the margin and significant; "
+            "a failing policy's calibrated estimates are refused.",
+            transport,
+            (f"Failed: {', '.join(failed['policy'])}." if len(failed) else "Every audited policy passed."),
+        ]
+    else:
+        tblocks.append("No probe slices: the transport of the calibration to the target policies was not audited.")
+    tblocks += (["Gates: rows with a warning or refusal and why.", gate_rows] if len(gate_rows)
+                else ["Gates: every estimate passed."])
+    sections.append(Section("transport", "Transport audit and gates", tblocks))
+
+    if label_budget is None:
+        label_budget = plan_label_budget_for_verdicts(result_estimates, verdicts, parameters)
+    sections.append(Section("budget", "Label-budget planner", [
+        "Oracle labels needed for a target CI half-width, assuming the calibration (OUA) variance shrinks "
+        "like 1/labels while the prompt-sampling variance stays (see arena_cje.report.budget).",
+        label_budget if len(label_budget) else "No calibrated estimate to plan for.",
+    ]))
+
+    if teacher_forcing_check:
+        tf = pd.DataFrame([{"check": k, "value": v} for k, v in teacher_forcing_check.items()])
+        sections.append(Section("teacher_forcing", "Teacher-forcing check", [
+            "Log-probs recomputed by teacher forcing vs those returned at generation, on the logging policy.", tf]))
+    else:
+        sections.append(Section("teacher_forcing", "Teacher-forcing check", ["No teacher-forcing check was run."]))
+
+    if labeling_summary:
+        flat = flatten_parameters(labeling_summary).rename(columns={"parameter": "item"})
+        sections.append(Section("labeling", "Human labeling", [
+            "Labels collected vs needed, rater agreement, worker quality control and cost.", flat]))
+    else:
+        sections.append(Section("labeling", "Human labeling (optional)",
+                                ["Optional section: no labeling summary was produced for this run."]))
+
+    sections.append(Section("configuration", "Configuration", [flatten_parameters(parameters)]))
+
+    if policy_truth is not None and len(policy_truth) and "truth" in policy_truth:
+        next(s for s in sections if s.id == "estimates").blocks.insert(1, "True policy values are known (simulated backend): "
+                                  + ", ".join(f"{r.policy} {r.truth:.3f}" for r in policy_truth.itertuples()) + ".")
+
+    sections.sort(key=lambda sec: SECTION_IDS.index(sec.id))
+    subtitle = f"Logging policy {baseline}; policies: {', '.join(dict.fromkeys(policy_estimates['policy']))}."
+    return render_html(title, sections, subtitle), render_markdown(title, sections, subtitle), sections

@@ -1,0 +1,90 @@
+"""One plain-language sentence per policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .tables import differences_vs_baseline
+
+#: Which estimator speaks for a policy: the first of these that ran and was not refused.
+VERDICT_PREFERENCE: tuple[str, ...] = (
+    "stacked_dr", "tmle", "mrdr", "dr_cpo", "direct", "calibrated_ips", "snips",
+)
+
+
+def _fmt_ci(estimate: float, lo: float, hi: float, signed: bool) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(estimate)} [{f.format(lo)}, {f.format(hi)}]"
+
+
+def policy_verdicts(
+    estimates: pd.DataFrame,
+    differences: pd.DataFrame,
+    baseline: str,
+    transport: pd.DataFrame | None = None,
+    preference: Sequence[str] = VERDICT_PREFERENCE,
+) -> pd.DataFrame:
+    """A verdict per policy from its preferred usable estimator.
+
+    For each policy the speaking estimator is the first in ``preference`` whose level row is not
+    refused. Target policies are stated as the paired difference against ``baseline``
+    ("pi_cot vs pi_0: +0.046 [+0.009, +0.083], reliable: better than pi_0"), the baseline as its
+    level. The qualifier is ``reliable`` (level and difference rows ``ok``), ``use with caution``
+    (a ``warning``, reasons given) or ``refused`` (no usable estimator; the reasons given, with
+    "calibration does not transport" first when the probe audit failed). "better/worse" needs the
+    95% CI of the difference to exclude 0; otherwise "no clear difference".
+
+    Returns:
+        Columns ``policy``, ``estimator``, ``status`` (reliable / caution / refused), ``verdict``.
+    """
+    failed_transport = set()
+    if transport is not None and len(transport):
+        failed_transport = set(transport.loc[~transport["passed"].astype(bool), "policy"])
+    diffs = differences_vs_baseline(differences, baseline)
+    rows = []
+    for policy in dict.fromkeys(estimates["policy"]):
+        est = estimates[estimates["policy"] == policy].set_index("estimator")
+        usable = [e for e in preference if e in est.index and est.loc[e, "status"] != "refused"
+                  and np.isfinite(est.loc[e, "estimate"])]
+        if policy != baseline:
+            # Prefer estimators that also have a usable paired difference against the baseline.
+            paired = set(diffs.loc[(diffs["policy"] == policy) & np.isfinite(diffs["estimate"].astype(float))
+                                   & (diffs["status"] != "refused"), "estimator"])
+            usable = [e for e in usable if e in paired] + [e for e in usable if e not in paired]
+        if not usable:
+            reasons = [part.strip() for r in est.loc[[e for e in preference if e in est.index], "reasons"].dropna()
+                       for part in str(r).split(";") if part.strip()]
+            why = "; ".join(dict.fromkeys(reasons)) or "no calibrated estimator ran"
+            if policy in failed_transport:
+                why = "calibration does not transport (" + why + ")"
+            rows.append({"policy": policy, "estimator": None, "status": "refused",
+                         "verdict": f"{policy}: refused: {why}"})
+            continue
+        name = usable[0]
+        level = est.loc[name]
+        reasons = [str(level["reasons"])] if isinstance(level["reasons"], str) and level["reasons"] else []
+        if policy == baseline:
+            text = f"{policy} (logging policy): {_fmt_ci(level['estimate'], level['ci_lower'], level['ci_upper'], False)}"
+            status = "caution" if level["status"] != "ok" else "reliable"
+        else:
+            d = diffs[(diffs["policy"] == policy) & (diffs["estimator"] == name)]
+            if d.empty or not np.isfinite(d["estimate"].iloc[0]):
+                text = f"{policy}: {_fmt_ci(level['estimate'], level['ci_lower'], level['ci_upper'], False)} (no paired difference against {baseline})"
+                status = "caution" if level["status"] != "ok" else "reliable"
+            else:
+                r = d.iloc[0]
+                text = f"{policy} vs {baseline}: {_fmt_ci(r['estimate'], r['ci_lower'], r['ci_upper'], True)}"
+                status = "caution" if (level["status"] != "ok" or r["status"] != "ok") else "reliable"
+                if r["status"] != "ok" and r["reasons"]:
+                    reasons.append(str(r["reasons"]))
+                direction = ("better than" if r["ci_lower"] > 0 else "worse than" if r["ci_upper"] < 0
+                             else "no clear difference from")
+                text += f", {{q}}: {direction} {baseline}"
+        parts = [p.strip() for r in reasons for p in r.split(";") if p.strip()]
+        qualifier = "reliable" if status == "reliable" else "use with caution (" + "; ".join(dict.fromkeys(parts)) + ")"
+        text = text.replace(", {q}", f" ({name}), {qualifier}") if "{q}" in text else f"{text} ({name}), {qualifier}"
+        rows.append({"policy": policy, "estimator": name, "status": status, "verdict": text})
+    return pd.DataFrame(rows, columns=["policy", "estimator", "status", "verdict"])

@@ -1,0 +1,166 @@
+"""Report pieces against known truth: verdict directions, sign flips, the budget formula, sections."""
+
+from html.parser import HTMLParser
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+from arena_cje.report import (
+    SECTION_IDS,
+    build_report,
+    differences_vs_baseline,
+    plan_label_budget,
+    plot_calibration,
+    plot_differences,
+    plot_forest,
+    plot_weight_diagnostics,
+    policy_verdicts,
+    stage_summary,
+)
+
+from ..cje.cje_synthetic import simulate, true_value
+
+PARAMS = {"logging_policy": "pi_0", "estimation": {"estimators": ["naive", "snips", "direct"], "alpha": 0.05}}
+
+
+@pytest.fixture(scope="module")
+def run():
+    """A synthetic world where pi_better beats pi_0 clearly and pi_worse's judge is biased (no transport)."""
+    d = simulate(n=1500, oracle_fraction=0.3, seed=3, judge_bias={"pi_worse": 0.25}, probe_size=60,
+                 fresh_labels_for_logging=True)
+    data = CJEDataset.from_frames(d.logged, fresh_draws=d.fresh, probes=d.probes)
+    result = estimate_policies(data, EstimationConfig.from_params({"estimators": ["naive", "snips", "direct"]}))
+    truth = pd.DataFrame({"policy": ["pi_0", "pi_hot", "pi_better", "pi_worse"]})
+    truth["truth"] = [true_value(p) for p in truth["policy"]]
+    estimates = result.estimates.merge(truth, on="policy", how="left")
+    return result, estimates, truth
+
+
+def test_verdicts_follow_the_truth_and_refuse_what_does_not_transport(run):
+    result, estimates, truth = run
+    v = policy_verdicts(estimates, result.differences, "pi_0", result.transport_table).set_index("policy")
+    t = truth.set_index("policy")["truth"]
+    assert t["pi_better"] - t["pi_0"] > 0.05  # the world is built so the difference is clear
+    assert v.loc["pi_better", "verdict"].startswith("pi_better vs pi_0: +")
+    assert "better than pi_0" in v.loc["pi_better", "verdict"]
+    assert v.loc["pi_worse", "status"] == "refused"
+    assert v.loc["pi_worse", "verdict"].startswith("pi_worse: refused: calibration does not transport")
+    assert v.loc["pi_0", "verdict"].startswith("pi_0 (logging policy): ")
+
+
+def test_differences_are_oriented_against_the_baseline():
+    d = pd.DataFrame([
+        {"policy": "pi_0", "baseline": "pi_a", "estimator": "direct", "estimate": -0.10, "std_error": 0.02,
+         "ci_lower": -0.15, "ci_upper": -0.06, "n": 10, "status": "ok", "reasons": ""},
+        {"policy": "pi_b", "baseline": "pi_0", "estimator": "direct", "estimate": 0.03, "std_error": 0.01,
+         "ci_lower": 0.01, "ci_upper": 0.05, "n": 10, "status": "ok", "reasons": ""},
+        {"policy": "pi_a", "baseline": "pi_b", "estimator": "direct", "estimate": 0.5, "std_error": 0.01,
+         "ci_lower": 0.4, "ci_upper": 0.6, "n": 10, "status": "ok", "reasons": ""},
+    ])
+    out = differences_vs_baseline(d, "pi_0").set_index("policy")
+    assert list(out.index) == ["pi_a", "pi_b"]
+    assert out.loc["pi_a", ["estimate", "ci_lower", "ci_upper"]].tolist() == pytest.approx([0.10, 0.06, 0.15])
+    assert out.loc["pi_b", ["estimate", "ci_lower", "ci_upper"]].tolist() == pytest.approx([0.03, 0.01, 0.05])
+
+
+def test_label_budget_solves_the_variance_formula():
+    z = stats.norm.ppf(0.975)
+    v_if, v_oua, m0 = 1e-4, 3e-4, 100
+    est = pd.DataFrame([{"policy": "p", "estimator": "direct", "oracle_n": m0, "status": "ok",
+                         "var_if": v_if, "var_oua": v_oua}])
+    plan = plan_label_budget(est, target_half_widths=(0.05, 0.03, 0.019)).set_index("target_half_width")
+    half = lambda m: z * np.sqrt(v_if + v_oua * m0 / m)  # noqa: E731
+    assert plan.loc[0.05, "note"] == "already reached" and plan.loc[0.05, "additional_labels"] == 0
+    m = int(plan.loc[0.03, "labels_needed"])
+    assert half(m) <= 0.03 < half(m - 1)  # the smallest label count that reaches the target
+    assert plan.loc[0.03, "additional_labels"] == m - m0
+    assert pd.isna(plan.loc[0.019, "labels_needed"])  # floor z*sqrt(v_if) = 0.0196 > 0.019
+    assert "not reachable" in plan.loc[0.019, "note"]
+
+
+def test_stage_summary_counts_failures_and_never_imputes():
+    responses = pd.DataFrame({"policy": ["a", "a", "b"], "error": [None, "timeout", None], "n_tokens": [3, 0, 5],
+                              "cost_usd": [0.1, 0.0, 0.2]})
+    out = stage_summary(responses, None, None, {"labels": {"collected": 7}, "votes": {"quarantined": 1},
+                                                "cost": {"received_votes": 2.5}}).set_index(["stage", "policy"])
+    assert out.loc[("generation", "a"), "failed"] == 1
+    assert out.loc[("generation", "a"), "failure_examples"] == "timeout"
+    assert out.loc[("generation", "b"), "cost"] == pytest.approx(0.2)
+    assert out.loc[("labeling", "all"), "cost"] == 2.5
+
+
+def test_figures_draw_the_data(run):
+    result, estimates, _ = run
+    cal = plot_calibration(result.calibration)
+    assert len(cal.axes) == 2 and cal.axes[0].collections[0].get_offsets().shape[0] == result.calibration.n_labelled
+    w = plot_weight_diagnostics(result.weights)
+    assert len(w.axes) == 3 and len(w.axes[1].patches) == 2 * len(result.weights)
+    f = plot_forest(estimates)
+    assert len(f.axes[0].get_yticks()) == int(estimates["estimate"].notna().sum())
+    d = plot_differences(result.differences, "pi_0")
+    assert len(d.axes[0].get_yticks()) == int(differences_vs_baseline(result.differences, "pi_0")["estimate"].notna().sum())
+    empty = plot_calibration(None)
+    assert "no calibration" in empty.axes[0].texts[0].get_text()
+    plt.close("all")
+
+
+class _Sections(HTMLParser):
+    """Text, images and tables per <section id=...>."""
+
+    def __init__(self):
+        super().__init__()
+        self.current, self.content, self.img_srcs = None, {}, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.current = a["id"]
+            self.content[self.current] = {"text": "", "img": 0, "table": 0}
+        elif self.current and tag in ("img", "table"):
+            self.content[self.current][tag] += 1
+            if tag == "img":
+                self.img_srcs.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self.current = None
+
+    def handle_data(self, data):
+        if self.current:
+            self.content[self.current]["text"] += data
+
+
+def check_report_html(html: str) -> dict:
+    """Every section present with content; every image embedded. Returns the parsed sections."""
+    p = _Sections()
+    p.feed(html)
+    assert list(p.content) == list(SECTION_IDS)
+    for sid, c in p.content.items():
+        title_free = c["text"].strip()
+        assert len(title_free) > 40 or c["img"] or c["table"], f"section {sid} is empty"
+    assert p.img_srcs and all(s.startswith("data:image/png;base64,") for s in p.img_srcs)
+    return p.content
+
+
+def test_report_has_every_section_with_content(run):
+    result, estimates, truth = run
+    html, md, sections = build_report(
+        parameters=PARAMS, policy_estimates=estimates, policy_differences=result.differences,
+        estimation_result=result, policy_truth=truth, teacher_forcing_check={"passed": True, "n_compared": 10},
+        stage_summary=None, prompt_filter_report={"source": "arena_local", "input_rows": 18, "eligible": 7,
+                                                  "steps": [{"name": "language", "rule": "r", "removed": 2, "remaining": 7}]},
+        labeling_summary=None,
+    )
+    content = check_report_html(html)
+    for sid in ("estimates", "calibration", "weights", "differences"):
+        assert content[sid]["img"] == 1
+    assert "Optional section" in content["labeling"]["text"]
+    assert "pi_worse: refused: calibration does not transport" in content["verdicts"]["text"]
+    for s in sections:
+        assert f"## {s.title}" in md
+    assert "](calibration_plot.png)" in md and "base64" not in md
+    plt.close("all")

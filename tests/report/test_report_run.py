@@ -1,0 +1,36 @@
+"""Acceptance: the default `kedro run` writes the report, and every section of it has content."""
+
+import shutil
+
+import pytest
+
+from ..conftest import PROJECT_ROOT
+from .test_report import check_report_html
+
+
+@pytest.mark.slow
+def test_default_kedro_run_writes_the_report(tmp_path):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()
+    (project / "src").mkdir()  # bootstrap_project wants it; the package comes from the venv
+    for layer in (PROJECT_ROOT / "data").iterdir():
+        if layer.is_dir():
+            (project / "data" / layer.name).mkdir(parents=True)
+    bootstrap_project(project)
+    params = {"prompts": {"output_samples": 200, "pool_size": 1000}}
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run()
+    out = project / "data" / "08_reporting"
+    content = check_report_html((out / "report.html").read_text())
+    assert content["labeling"]["table"] == 1  # the labeling summary is there in a full run
+    markdown = (out / "report.md").read_text()
+    for png in ("forest_plot", "calibration_plot", "weight_diagnostics_plot", "differences_plot"):
+        assert (out / f"{png}.png").stat().st_size > 10_000
+        assert f"]({png}.png)" in markdown
+    assert (out / "label_budget.csv").exists() and (out / "stage_summary.csv").exists()
