@@ -207,7 +207,7 @@ def test_policy_values_and_adversarial_judge_gap(prompts):
     assert v["pi_concise"] < v["pi_0"]
     assert v["pi_adv"] < v["pi_0"] - 0.3 and j["pi_adv"] > j["pi_0"]  # fools the judge
     # the judge's length bias distorts the picture: hot is over-rated relative to pi_0
-    assert j["pi_hot"] - j["pi_0"] > v["pi_hot"] - v["pi_0"] + 0.05
+    assert j["pi_hot"] - j["pi_0"] > v["pi_hot"] - v["pi_0"] + 0.02  # hot is longer: the judge understates its deficit
 
 
 def test_response_lengths_are_realistic(backend, prompts, pi0_gens):
