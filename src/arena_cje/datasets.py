@@ -119,3 +119,52 @@ class ArenaConversationsDataset(AbstractDataset[None, dict[str, Callable[[], pd.
         if len(splits) != 1:
             raise DatasetError(f"prompts.source=arena_hf: several splits {splits}; set hf_dataset.dataset_kwargs.split")
         return data[splits[0]].to_pandas()
+
+
+class OptionalJSONDataset(AbstractDataset[Any, Any]):
+    """A ``json.JSONDataset`` that loads as ``None`` when the file is absent (optional report inputs).
+
+    Used where an upstream stage may not have run, e.g. the ``cje_import`` environment, which
+    estimates on imported data with no generation, judging or labeling reports.
+    """
+
+    def __init__(self, *, filepath: str, save_args: dict[str, Any] | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        from kedro_datasets.json import JSONDataset
+
+        self._inner = JSONDataset(filepath=filepath, save_args=save_args)
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        return self._inner.load() if self._inner.exists() else None
+
+    def save(self, data: Any) -> None:
+        self._inner.save(data)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"inner": self._inner._describe()}
+
+    def _exists(self) -> bool:
+        return self._inner.exists()
+
+
+class OptionalParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | None]):
+    """A ``pandas.ParquetDataset`` that loads as ``None`` when the file is absent (optional report inputs)."""
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        from kedro_datasets.pandas import ParquetDataset
+
+        self._inner = ParquetDataset(filepath=filepath)
+        self.metadata = metadata
+
+    def load(self) -> pd.DataFrame | None:
+        return self._inner.load() if self._inner.exists() else None
+
+    def save(self, data: pd.DataFrame) -> None:
+        self._inner.save(data)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"inner": self._inner._describe()}
+
+    def _exists(self) -> bool:
+        return self._inner.exists()
