@@ -330,7 +330,8 @@ def assemble_cje_dataset(
 
     Returns:
         ``(logged_data, fresh_draws, probe_slices)``: logged rows carry ``prompt, response,
-        base_policy_logprob, target_policy_logprobs{}, judge_score, oracle_label, metadata``;
+        base_policy_logprob, target_policy_logprobs{}`` (every policy, the logging one included),
+        ``judge_score, oracle_label, metadata``;
         ``fresh_draws`` and ``probe_slices`` map each policy (saved as
         ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt, response, judge_score, draw_idx[, oracle_label]``.
     """
@@ -344,7 +345,8 @@ def assemble_cje_dataset(
     scored = scored.merge(calibration_labels, on=key, how="left")
 
     wide = logprobs.pivot(index="prompt_id", columns="policy", values="logprob")
-    targets = [p for p in wide.columns if p != logging_policy]
+    # The logging policy is its own target too: its weights are exactly 1, a built-in sanity check.
+    targets = list(wide.columns)
     logged = scored[scored["policy"] == logging_policy].join(wide, on="prompt_id")
     logged_data = pd.DataFrame(
         {
