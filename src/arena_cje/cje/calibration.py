@@ -15,14 +15,24 @@ Cross-fitting: prompts are split into K folds by ``crc32(prompt_id) mod K``; f^(
 the labelled rows outside fold k, and every row of a fold-k prompt gets the reward f^(-k)(S). The
 same K models are the delete-one-fold refits that the OUA jackknife needs (``inference.py``).
 
-Selection (``calibrator='auto'``): out-of-fold squared error e_i on the labelled slice for both
-calibrators; the one-standard-error rule picks the simplest calibrator (isotonic) unless the
-two-stage mean error is lower than the isotonic one by more than SE(best) = sd(e_best)/sqrt(n_L).
+Selection (``calibrator='auto'``): the candidates are isotonic and the two-stage calibrator on every
+non-empty subset of the covariates (judge score always in; e.g. response length, prompt length),
+ordered from simplest (isotonic, then fewer covariates). Each gets its out-of-fold squared errors
+e_c,i on the labelled slice (same folds). With b = argmin_c mean(e_c), the paired one-standard-error
+rule picks the simplest candidate c with
+
+    mean(e_c) - mean(e_b) <= SE_cb,   SE_cb = sd_i(e_c,i - e_b,i) / sqrt(n_L),
+
+i.e. a richer calibrator is kept only when it beats every simpler one by more than one standard
+error of the *paired* difference of out-of-fold errors (the paired SE is the relevant noise: both
+candidates are scored on the same labels, so the label noise common to both cancels).
+``selection`` lists every candidate with its covariates, mean error, SE and paired SE.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -178,6 +188,27 @@ class CrossFitCalibration:
         return self.full_model.predict(frame["judge_score"].to_numpy(dtype=float), self._covs(frame))
 
 
+def calibrator_candidates(calibrator: str, covariates: tuple[str, ...]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Candidate calibrators, simplest first: key -> (calibrator name, covariates it uses).
+
+    ``auto``: isotonic, then two-stage on every non-empty covariate subset by increasing size
+    (module docstring); ``two_stage``: two-stage on all covariates; ``isotonic``: isotonic only.
+    """
+    if calibrator == "isotonic":
+        return {"isotonic": ("isotonic", ())}
+    if calibrator == "two_stage":
+        return {"two_stage": ("two_stage", tuple(covariates))}
+    if calibrator != "auto":
+        raise ValueError(f"unknown calibrator {calibrator!r}")
+    out: dict[str, tuple[str, tuple[str, ...]]] = {"isotonic": ("isotonic", ())}
+    for r in range(1, len(covariates) + 1):
+        for cset in combinations(covariates, r):
+            out[f"two_stage[{','.join(cset)}]"] = ("two_stage", tuple(cset))
+    if len(out) == 1:  # no covariates: the two-stage first stage is a spline in the judge score alone
+        out["two_stage"] = ("two_stage", ())
+    return out
+
+
 def _oof_predictions(name: str, judge: np.ndarray, covs: np.ndarray | None, y: np.ndarray, folds: np.ndarray, n_folds: int) -> tuple[np.ndarray, list]:
     models = []
     oof = np.empty(len(y))
@@ -217,25 +248,28 @@ def fit_calibration(
         raise ValueError(f"calibration: only {len(lab)} oracle labels in frame 'logged'; need at least {max(4, n_folds)}")
     judge = lab["judge_score"].to_numpy(dtype=float)
     y = lab["oracle_label"].to_numpy(dtype=float)
-    covs = lab[list(covariates)].to_numpy(dtype=float) if covariates else None
     folds = fold_of(lab["prompt_id"], n_folds)
 
-    candidates = ["isotonic", "two_stage"] if calibrator == "auto" else [calibrator]
+    candidates = calibrator_candidates(calibrator, tuple(covariates))
     results = {}
-    for name in candidates:
-        c = covs if name == "two_stage" else None
+    for key, (name, cset) in candidates.items():
+        c = lab[list(cset)].to_numpy(dtype=float) if cset else None
         oof, models = _oof_predictions(name, judge, c, y, folds, n_folds)
         err = (y - oof) ** 2
-        results[name] = (oof, models, err.mean(), err.std(ddof=1) / np.sqrt(len(err)))
+        results[key] = (oof, models, err.mean(), err.std(ddof=1) / np.sqrt(len(err)), err)
     best = min(results, key=lambda n: results[n][2])
-    # 1-SE rule: the simplest candidate (listed first) within one SE of the best.
-    chosen = next(n for n in candidates if results[n][2] <= results[best][2] + results[best][3])
-    oof, models, _, _ = results[chosen]
-    use_covs = tuple(covariates) if chosen == "two_stage" else ()
-    full = make_calibrator(chosen).fit(judge, covs if chosen == "two_stage" else None, y)
+    eb = results[best][4]
+    paired_se = {k: float(np.std(r[4] - eb, ddof=1) / np.sqrt(len(eb))) for k, r in results.items()}
+    # Paired 1-SE rule: the simplest candidate (dict order) within one paired SE of the best.
+    chosen_key = next(k for k in results if results[k][2] - results[best][2] <= paired_se[k] + 1e-15)
+    chosen, use_covs = candidates[chosen_key]
+    oof, models = results[chosen_key][0], results[chosen_key][1]
+    covs = lab[list(use_covs)].to_numpy(dtype=float) if use_covs else None
+    full = make_calibrator(chosen).fit(judge, covs, y)
 
     selection = pd.DataFrame(
-        [{"calibrator": n, "oof_mse": r[2], "oof_mse_se": r[3], "chosen": n == chosen} for n, r in results.items()]
+        [{"calibrator": candidates[k][0], "covariates": ",".join(candidates[k][1]), "oof_mse": r[2], "oof_mse_se": r[3],
+          "paired_se_vs_best": paired_se[k], "chosen": k == chosen_key} for k, r in results.items()]
     )
     # Reliability table on equal-width judge bins.
     edges = np.linspace(0.0, 1.0, reliability_bins + 1)
