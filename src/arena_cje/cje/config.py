@@ -8,6 +8,7 @@ from typing import Any
 
 ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 CALIBRATORS = ("isotonic", "two_stage", "auto")
+TRANSPORT_RULES = ("refuse", "correct")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class EstimationConfig:
         n_bootstrap: Cluster-bootstrap replicates refitting the calibrator (0 = IF-based CIs).
         seed: Seed for the bootstrap and any randomised step.
         transport_margin: Probe audit tolerance on |mean residual| of the calibration.
+        transport_rule: ``refuse``: a failed probe audit refuses the policy's calibrated rows;
+            ``correct``: level rows (direct, DR family) report the probe-corrected value when the
+            audit fails and the bias-aware combination when it passes, and rows without a probe are
+            warned (``arena_cje.cje.transport``).
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.
@@ -60,6 +65,7 @@ class EstimationConfig:
     n_bootstrap: int = 0
     seed: int = 0
     transport_margin: float = 0.05
+    transport_rule: str = "refuse"
     baseline: str | None = None
     reliability_bins: int = 10
     gates: Gates = field(default_factory=Gates)
@@ -78,6 +84,8 @@ class EstimationConfig:
             raise ValueError(f"estimation.calibrator must be one of {list(CALIBRATORS)}, got {self.calibrator!r}")
         if self.var_cap is not None and float(self.var_cap) <= 0:
             raise ValueError(f"estimation.var_cap must be > 0 or null, got {self.var_cap}")
+        if self.transport_rule not in TRANSPORT_RULES:
+            raise ValueError(f"estimation.transport_rule must be one of {list(TRANSPORT_RULES)}, got {self.transport_rule!r}")
         if int(self.n_bootstrap) < 0:
             raise ValueError(f"estimation.n_bootstrap must be >= 0, got {self.n_bootstrap}")
 
