@@ -24,6 +24,8 @@ class Gates:
         overlap_warn: Judge-score overlap (Bhattacharyya coefficient of the logged and fresh
             judge-score histograms) below which direct/DR rows get ``warning``.
         min_labels: Fewer oracle labels than this refuses every calibrated estimate.
+        ttc_refuse: Target-typicality coverage below which weights-only rows (snips,
+            calibrated_ips) are ``refused`` (CJE paper gate 0.7; only where token counts exist).
     """
 
     ess_warn: float = 0.10
@@ -31,6 +33,7 @@ class Gates:
     hill_warn: float = 2.0
     overlap_warn: float = 0.70
     min_labels: int = 20
+    ttc_refuse: float = 0.7
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ def _response_frame(df: pd.DataFrame, frame: str, covariates: tuple[str, ...], n
     )
     for c, v in _covariates(df, covariates, frame, strict=False).items():
         out[c] = v
+    # Optional: the policy's own generation log-prob and token count (target-typicality coverage).
+    for c in ("logprob", "n_tokens"):
+        if c in df.columns:
+            out[c] = _numeric(df[c], frame, c, index)
     dup = out.duplicated(["prompt_id", "draw_idx"])
     if dup.any():
         r = int(np.flatnonzero(dup.to_numpy())[0])
@@ -127,11 +131,13 @@ class CJEDataset:
 
     Attributes:
         logged: One row per logged (logging-policy) response: ``prompt_id``, ``judge_score``,
-            ``oracle_label`` (NaN when unlabelled), ``base_logprob`` and covariate columns.
+            ``oracle_label`` (NaN when unlabelled), ``base_logprob``, covariate columns and, when
+            the input has it, ``n_tokens`` (token count of the response).
         logprobs: Same index as ``logged``; one column per target policy with the teacher-forced
             log-prob of the logged response under that policy (NaN when missing).
         fresh: Per policy, its fresh draws: ``prompt_id``, ``draw_idx``, ``judge_score``,
-            ``oracle_label`` (NaN unless labelled) and covariates.
+            ``oracle_label`` (NaN unless labelled), covariates and, when given, ``logprob`` (the
+            policy's own generation log-prob) and ``n_tokens``.
         probes: Per policy, an oracle-labelled probe of its responses (transport audit).
         covariates: Covariate column names available to the two-stage calibrator.
         n_dropped: Rows dropped per frame because their judge score was missing.
@@ -211,6 +217,8 @@ class CJEDataset:
         frame = pd.DataFrame({"prompt_id": pid, "judge_score": judge, "oracle_label": label, "base_logprob": base})
         for c, v in _covariates(logged, covariates, "logged").items():
             frame[c] = v
+        if "n_tokens" in logged.columns:  # optional: tokens of the logged response (target typicality)
+            frame["n_tokens"] = _numeric(logged["n_tokens"], "logged", "n_tokens", index)
         lps = pd.DataFrame(lp_cols, index=frame.index)
 
         n_dropped: dict[str, int] = {}

@@ -17,7 +17,16 @@ cluster-robust variance.
   the residual term (pi_F = labelled share of those draws) only exists when the policy's own fresh
   draws carry oracle labels (e.g. the logging policy); otherwise psi_g = mean_d f(S_d).
 * snips:  theta = sum_i w_i R_i / sum_i w_i on raw weights; phi_i = w~_i (R_i - theta) + theta.
-* calibrated_ips: the same with SIMCal-W weights.
+* calibrated_ips: the same with SIMCal-W weights W = 1 + gamma (sum_c beta_c W^c - 1), plus the
+  influence of ESTIMATING the monotone projections W^c = Pi_c(w~ | S), c in {+, -}: perturbing the
+  data moves W^c by the projection of (w~ - W^c), which moves theta by
+  E[(w~ - W^c)(m(S) - theta)], m(S) = E[R | S]; so
+  phi_i = W_i (R_i - theta) + theta + gamma sum_c beta_c (w~_i - W^c_i)(m_hat(S_i) - theta),
+  m_hat = isotonic fit of R on S (R is monotone in S up to covariates). Without this term the SE
+  treated the projection as fixed and under-covered. beta and gamma are treated as fixed. Refused when
+  the RAW ESS fraction is below ``gates.ess_refuse`` (SIMCal cannot create overlap) or when
+  target-typicality coverage is below ``gates.ttc_refuse``; warned when the variance cap blends
+  (gamma < 1: the estimand is shrunk toward the logging policy's value, a bias no SE covers).
 * dr_cpo: phi_i = g_hat(X_i) + W_i (L_i/pi_L)(Y_i - f(S_i)): direct method on fresh draws plus the
   importance-weighted calibration residual on the labelled slice (an AIPW / two-phase-sampling
   correction: unbiased if either the calibration transports to the policy or the weights are right).
@@ -41,6 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit, logit
+from sklearn.isotonic import IsotonicRegression
 
 from arena_cje.cje.calibration import CrossFitCalibration, make_calibrator
 from arena_cje.cje.config import EstimationConfig
@@ -52,7 +62,9 @@ from arena_cje.cje.weights import (
     hajek_weights,
     hill_tail_index,
     judge_overlap,
+    SimcalResult,
     simcal_weights,
+    target_typicality_coverage,
     _simplex_min_variance,
 )
 
@@ -117,6 +129,7 @@ class PolicyWeights:
     raw: np.ndarray
     simcal: np.ndarray
     diagnostics: WeightDiagnostics
+    simcal_fit: SimcalResult | None = None
 
 
 class EstimationContext:
@@ -163,6 +176,9 @@ class EstimationContext:
             f = self.data.fresh[policy]
             d = {"frame": f, "pid": f["prompt_id"].to_numpy(dtype=object), "judge": f["judge_score"].to_numpy(dtype=float),
                  "label": f["oracle_label"].to_numpy(dtype=float)}
+            codes, uniq = pd.factorize(d["pid"])
+            d["codes"], d["uniq"] = codes, pd.Index(uniq)
+            d["counts"] = np.bincount(codes, minlength=len(uniq)).astype(float)
             if self.cal is not None:
                 d["pred"] = self.cal.predict_oof(f)
                 d["pred_k"] = np.vstack([self.cal.predict_fold(f, k) for k in range(self.K)])
@@ -182,9 +198,18 @@ class EstimationContext:
             sim = np.full(w.size, np.nan)
             stack: dict[str, float] = {}
             gamma = float("nan")
+            res = None
             if w.size >= 2 and self.cal is not None:
                 res = simcal_weights(w, judge[mask], self.rewards[mask], self.folds[mask], self.config.var_cap)
                 sim, stack, gamma = res.weights, res.stack_weights, res.blend_gamma
+            ttc, ttc_method = float("nan"), "unavailable"
+            if "n_tokens" in self.logged.columns:
+                fr = fresh["frame"] if fresh is not None else None
+                has_fresh_lp = fr is not None and {"logprob", "n_tokens"} <= set(fr.columns)
+                ttc, ttc_method = target_typicality_coverage(
+                    lp, self.logged["n_tokens"].to_numpy(dtype=float), base,
+                    fr["logprob"].to_numpy(dtype=float) if has_fresh_lp else None,
+                    fr["n_tokens"].to_numpy(dtype=float) if has_fresh_lp else None)
             diag = WeightDiagnostics(
                 policy=policy,
                 n=int(mask.sum()),
@@ -200,8 +225,10 @@ class EstimationContext:
                 simcal_stack=stack,
                 simcal_gamma=gamma,
                 log_weights=logw,
+                ttc=ttc,
+                ttc_method=ttc_method,
             )
-            self._weights[policy] = PolicyWeights(mask=mask, raw=w, simcal=sim, diagnostics=diag)
+            self._weights[policy] = PolicyWeights(mask=mask, raw=w, simcal=sim, diagnostics=diag, simcal_fit=res)
         return self._weights[policy]
 
 
@@ -244,6 +271,21 @@ def direct(ctx: EstimationContext, policy: str) -> EstimatorOutput:
     return out
 
 
+def _projection_correction(pw: PolicyWeights, judge: np.ndarray, r: np.ndarray, theta: float) -> np.ndarray:
+    """IF term of the estimated SIMCal projections (module docstring of ``calibrated_ips``).
+
+    gamma sum_{c in {+,-}} beta_c (w~_i - W^c_i)(m_hat(S_i) - theta), m_hat = isotonic fit of R on S.
+    """
+    fit = pw.simcal_fit
+    if fit is None or not fit.projections:
+        return np.zeros(r.size)
+    m_hat = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(judge, r).predict(judge)
+    corr = np.zeros(r.size)
+    for name, proj in fit.projections.items():
+        corr += fit.stack_weights.get(name, 0.0) * (pw.raw - proj)
+    return fit.blend_gamma * corr * (m_hat - theta)
+
+
 def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> EstimatorOutput:
     pw = ctx.weights(policy)
     if pw is None or pw.mask.sum() < 2:
@@ -256,12 +298,29 @@ def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> Estimato
     theta = float(np.sum(w * r) / np.sum(w))
     wn = w / w.mean()
     phi = wn * (r - theta) + theta
+    if which == "simcal":
+        phi = phi + _projection_correction(pw, ctx.logged["judge_score"].to_numpy(dtype=float)[m], r, theta)
     psi = _prompt_sum(ctx.logged["prompt_id"].to_numpy(dtype=object)[m], phi)
     reps = np.array([np.sum(w * rk[m]) / np.sum(w) for rk in ctx.rewards_k]) if ctx.use_oua else None
     out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
     if pw.diagnostics.n_missing_logprob:
         out.reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
         out.warned = True
+    d, g = pw.diagnostics, ctx.config.gates
+    if which == "simcal":
+        # SIMCal cannot create overlap the logger lacks: gate on the RAW weights (the SIMCal ESS is
+        # >= 1/(1 + var_cap) by construction and says nothing about overlap).
+        if d.ess_raw < g.ess_refuse:
+            out.refused = True
+            out.reasons.append(f"raw ESS fraction {d.ess_raw:.4f} < {g.ess_refuse}: too little overlap for weights-only estimation")
+        if np.isfinite(d.simcal_gamma) and d.simcal_gamma < 0.999:
+            out.warned = True
+            out.reasons.append(f"variance cap blended the weights toward uniform (gamma {d.simcal_gamma:.2f}):"
+                               " estimate shrunk toward the logging policy's value")
+    ttc_min = getattr(g, "ttc_refuse", 0.7)
+    if np.isfinite(d.ttc) and d.ttc < ttc_min:
+        out.refused = True
+        out.reasons.append(f"target-typicality coverage {d.ttc:.2f} < {ttc_min}: logs-only IPS unreliable, use direct/DR")
     return out
 
 
@@ -285,9 +344,9 @@ def _dr_setup(ctx: EstimationContext, policy: str, name: str) -> dict | Estimato
         return _refused(policy, name, "no target log-probs for this policy on the logged data")
     pid_all = ctx.logged["prompt_id"].to_numpy(dtype=object)
     rows = np.flatnonzero(pw.mask)
-    has_fresh = pd.Index(np.unique(f["pid"]))
-    keep = has_fresh.get_indexer(pid_all[rows]) >= 0
-    rows = rows[keep]
+    fresh_index = f["uniq"].get_indexer(pid_all[rows])
+    keep = fresh_index >= 0
+    rows, fresh_index = rows[keep], fresh_index[keep]
     if rows.size < 2:
         return _refused(policy, name, "no logged prompt has fresh draws of this policy")
     w = pw.simcal[keep]
@@ -300,21 +359,24 @@ def _dr_setup(ctx: EstimationContext, policy: str, name: str) -> dict | Estimato
         reasons.append(f"{int((~keep).sum())} logged row(s) without fresh draws of the policy excluded")
     if pw.diagnostics.n_missing_logprob:
         reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
-    return {"rows": rows, "pid": pid_all[rows], "w": w, "y": y, "lab": lab, "pi": pi_l, "fresh": f, "reasons": reasons,
+    return {"rows": rows, "pid": pid_all[rows], "fresh_index": fresh_index, "w": w, "y": y, "lab": lab, "pi": pi_l, "fresh": f, "reasons": reasons,
             "judge": ctx.logged["judge_score"].to_numpy(dtype=float)[rows], "folds": ctx.folds[rows]}
 
 
-def _g_hat(f: dict, pred: np.ndarray, pids: np.ndarray) -> np.ndarray:
-    """g_hat(X_i) = mean of the outcome model over the fresh draws of prompt X_i."""
-    m = _prompt_mean(f["pid"], pred)
-    return m.reindex(pids).to_numpy(dtype=float)
+def _g_hat(f: dict, pred: np.ndarray, fresh_index: np.ndarray) -> np.ndarray:
+    """g_hat(X_i) = mean of the outcome model over the fresh draws of prompt X_i.
+
+    ``fresh_index[i]`` is the position of row i's prompt among the fresh draws' prompts.
+    """
+    m = np.bincount(f["codes"], weights=pred, minlength=len(f["uniq"])) / f["counts"]
+    return m[fresh_index]
 
 
 def _dr_phi(s: dict, q_logged: np.ndarray, q_fresh: np.ndarray) -> np.ndarray:
     """phi_i = g_hat(X_i) + W_i (L_i/pi_L)(Y_i - q_i)."""
     corr = np.zeros(len(s["rows"]))
     corr[s["lab"]] = s["w"][s["lab"]] * (s["y"][s["lab"]] - q_logged[s["lab"]]) / s["pi"]
-    return _g_hat(s["fresh"], q_fresh, s["pid"]) + corr
+    return _g_hat(s["fresh"], q_fresh, s["fresh_index"]) + corr
 
 
 def _dr_output(ctx: EstimationContext, policy: str, name: str, s: dict, phi: np.ndarray, reps: np.ndarray | None) -> EstimatorOutput:

@@ -19,7 +19,12 @@ Diagnostics:
     Hill tail index (top k = max(10, 5% n) weights): alpha_hat = 1 / mean_{j<=k} log(w_(j) / w_(k+1)),
       alpha < 2 means the weights have no finite variance;
     near-zero mass = share of rows with w~ < 1e-3 (log-prob mass the target gives ~nothing);
-    Hellinger affinity A = mean sqrt(w~) = estimate of sum sqrt(pi_target pi_logging) (1 = identical).
+    Hellinger affinity A = mean sqrt(w~) = estimate of sum sqrt(pi_target pi_logging) (1 = identical);
+    target-typicality coverage (TTC) = share of logged rows whose per-token target surprisal lies
+      below the target's own 90% quantile (``target_typicality_coverage``; NaN without token counts).
+
+Calibrated-IPS influence values (``estimators.calibrated_ips``) need the projections themselves:
+``SimcalResult.projections`` keeps the full-data monotone fits W^+ and W^-.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class SimcalResult:
     stack_weights: dict[str, float]
     blend_gamma: float
     var_before_blend: float
+    projections: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None) -> SimcalResult:
@@ -137,7 +143,63 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
     if var_cap is not None and v > var_cap:
         gamma = float(np.sqrt(var_cap / v))
     out = 1.0 + gamma * (stacked - 1.0)
-    return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma, var_before_blend=v)
+    return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma,
+                        var_before_blend=v, projections={"increasing": full[1], "decreasing": full[2]})
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """Smallest x_(j) whose cumulative normalised weight reaches q."""
+    order = np.argsort(x)
+    cum = np.cumsum(w[order]) / np.sum(w)
+    return float(x[order][min(int(np.searchsorted(cum, q)), x.size - 1)])
+
+
+def target_typicality_coverage(
+    target_logprob: np.ndarray,
+    n_tokens: np.ndarray,
+    base_logprob: np.ndarray | None = None,
+    fresh_logprob: np.ndarray | None = None,
+    fresh_n_tokens: np.ndarray | None = None,
+    mass: float = 0.9,
+    min_rows: int = 20,
+) -> tuple[float, str]:
+    """Target-typicality coverage (TTC, CJE paper arXiv 2512.11150): logger mass on the target-typical set.
+
+    Per-token surprisal of a response a to prompt x under the target: u(x, a) = -log pi'(a|x) / |a|
+    (|a| = number of tokens). The target-typical set is T = {u <= q}, q the ``mass``-quantile (0.9) of
+    u under the TARGET policy, so P_pi'(T) = 0.9 by construction; TTC = P_pi0(T) = share of logged
+    rows with u_i <= q. Low TTC (paper gate: < 0.7) means the logger rarely produces what the
+    target produces: logs-only IPS cannot be accurate whatever the weight stabilisation.
+
+    q comes from the target's own fresh draws when they carry their generation log-probs and token
+    counts (an on-policy sample, method ``fresh``); otherwise from the logged rows weighted by the
+    self-normalised importance weights pi'/pi0 (method ``weighted``, as the reference library does;
+    unreliable when those weights are degenerate).
+
+    Returns:
+        (TTC, method); (NaN, "unavailable") when token counts are missing or fewer than ``min_rows``
+        rows have all inputs.
+    """
+    lp = np.asarray(target_logprob, dtype=float)
+    nt = np.asarray(n_tokens, dtype=float)
+    ok = np.isfinite(lp) & np.isfinite(nt) & (nt > 0)
+    if ok.sum() < min_rows:
+        return float("nan"), "unavailable"
+    u = -lp[ok] / nt[ok]
+    if fresh_logprob is not None and fresh_n_tokens is not None:
+        flp, fnt = np.asarray(fresh_logprob, dtype=float), np.asarray(fresh_n_tokens, dtype=float)
+        fok = np.isfinite(flp) & np.isfinite(fnt) & (fnt > 0)
+        if fok.sum() >= min_rows:
+            q = float(np.quantile(-flp[fok] / fnt[fok], mass))
+            return float(np.mean(u <= q)), "fresh"
+    if base_logprob is not None:
+        b = np.asarray(base_logprob, dtype=float)[ok]
+        good = np.isfinite(b)
+        if good.sum() >= min_rows:
+            logw = lp[ok][good] - b[good]
+            q = _weighted_quantile(u[good], np.exp(logw - logw.max()), mass)
+            return float(np.mean(u[good] <= q)), "weighted"
+    return float("nan"), "unavailable"
 
 
 @dataclass
@@ -159,6 +221,8 @@ class WeightDiagnostics:
         simcal_stack: Stacking weights of the SIMCal candidates.
         simcal_gamma: Blend factor toward uniform (1 = no blend).
         log_weights: Raw log-ratios (for histograms).
+        ttc: Target-typicality coverage (NaN without token counts; ``target_typicality_coverage``).
+        ttc_method: How its threshold was estimated: ``fresh``, ``weighted`` or ``unavailable``.
     """
 
     policy: str
@@ -175,6 +239,8 @@ class WeightDiagnostics:
     simcal_stack: dict[str, float] = field(default_factory=dict)
     simcal_gamma: float = float("nan")
     log_weights: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    ttc: float = float("nan")
+    ttc_method: str = "unavailable"
 
     def as_row(self) -> dict[str, float | int | str]:
         """Flat dict (no arrays) for a diagnostics table."""
