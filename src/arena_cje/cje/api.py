@@ -4,7 +4,8 @@ Transport audit (per policy with a probe): residuals r_j = Y_j - f(S_j) of the f
 on the policy's oracle-labelled probe; delta_hat = mean r_j, SE = sd(r)/sqrt(m), t test of delta = 0
 with m - 1 df. The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
 residual is both practically large and statistically distinguishable from zero); a failing policy's
-calibrated level estimates are ``refused``. Rows of the naive estimator are never refused by the audit
+calibrated level estimates are ``refused`` (``transport_rule="refuse"``) or, for direct/DR rows, replaced
+by the probe-corrected level (``transport_rule="correct"``, see ``transport.py``; column ``level_source``). Rows of the naive estimator are never refused by the audit
 (they do not use the calibration) but are always ``warning`` (judge scale).
 
 Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction of the weights they
@@ -34,6 +35,7 @@ from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
+from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
@@ -149,7 +151,10 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             if ov < g.overlap_warn:
                 out.warned = True
                 out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
-    if audit is not None and name != "naive" and not audit.passed:
+    # Under transport_rule "correct" a failed audit makes level rows report the probe-corrected value
+    # (transport.py) instead of refusing them.
+    corrected = ctx.config.transport_rule == "correct" and name in LEVEL_ESTIMATORS
+    if audit is not None and name != "naive" and not audit.passed and not corrected:
         out.refused = True
         out.reasons.append(
             f"transport audit failed: probe mean residual {audit.mean_residual:+.3f} (SE {audit.std_error:.3f}, n={audit.n_probe})"
@@ -250,6 +255,7 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 "var_if": v_if, "var_oua": v_oua, "df": df,
             })
     estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
+    estimates = apply_transport_rule(ctx, estimates, audits, statuses)
     differences = paired_differences(ctx, data.policies, config, statuses)
     weights = {p: ctx.weights(p).diagnostics for p in data.policies if ctx.weights(p) is not None}
     return EstimationResult(
