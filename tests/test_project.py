@@ -74,7 +74,7 @@ def test_whole_project_run_in_a_temporary_copy(tmp_path):
 
     project = _copy_project(tmp_path)
     bootstrap_project(project)
-    params = {"prompts.output_samples": 400, "prompts.pool_size": 2000}
+    params = {"prompts": {"output_samples": 400, "pool_size": 2000}}  # nested: the API does not split dots
     with KedroSession.create(project_path=project, runtime_params=params) as session:
         session.run()
     estimates = pd.read_csv(project / "data/07_model_output/policy_estimates.csv")

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+from arena_cje.pipelines import data_prep, estimation, generation, judging, labeling
 from arena_cje.pipelines.labeling.pipeline import create_export_pipeline, create_import_pipeline
+
+#: The experiment's stages, in the order ``__default__`` runs them.
+STAGES = {
+    "data_prep": data_prep,
+    "generation": generation,
+    "judging": judging,
+    "labeling": labeling,
+    "estimation": estimation,
+}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
-    ``__default__`` runs the whole experiment; ``labeling_export`` / ``labeling_import`` are the
-    two halves of labeling for real human raters (the simulated raters sit between them).
+    The five stages are listed explicitly (not discovered): ``__default__`` is their sum, and
+    Kedro 1.7's discovery only imports the pipeline a ``--pipeline`` run asks for.
+    ``labeling_export`` / ``labeling_import`` are the two halves of labeling for real human
+    raters (the simulated raters sit between them).
     """
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = {name: module.create_pipeline() for name, module in STAGES.items()}
     pipelines["labeling_export"] = create_export_pipeline()
     pipelines["labeling_import"] = create_import_pipeline()
-    pipelines["__default__"] = sum(
-        pipelines[name] for name in ("data_prep", "generation", "judging", "labeling", "estimation")
-    )
+    pipelines["__default__"] = sum(pipelines[name] for name in STAGES)
     return pipelines

@@ -51,7 +51,7 @@ from arena_cje.backends.simulated.world import (
 )
 
 #: Bump when the world's formulas change: it is part of the on-disk true-value cache key.
-WORLD_VERSION = "sim-world-2"
+WORLD_VERSION = "sim-world-3"
 _DOMAIN_GENERATE = 0x47454E
 _DOMAIN_TRUTH = 0x545255
 
@@ -69,6 +69,8 @@ class SimulatedBackend:
         cache_dir: Directory for the on-disk true-value cache (``None``: memory only).
         logit_scale: Multiplies word logits (peakier distributions, heavier importance weights).
         judge_noise_sd: SD of the judge's hashed noise on its latent (logit) scale.
+        hidden_quality_sd: Weight of the quality the judge cannot see (``WorldModel.hidden_quality``)
+            in the true quality's logit: the main source of judge-vs-truth disagreement.
         rater_noise_sd: SD of a human vote around ``10 Y`` (in vote points).
         table_cache_size: Number of (prompt, policy) logit tables kept in memory.
         truth_chunk: Sequences generated per vectorised chunk in ``true_value``.
@@ -76,7 +78,7 @@ class SimulatedBackend:
 
     def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
-                 judge_noise_sd: float = 0.45, rater_noise_sd: float = 1.5, table_cache_size: int = 6000,
+                 judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_noise_sd: float = 1.5, table_cache_size: int = 6000,
                  truth_chunk: int = 4096) -> None:
         self.seed = int(seed)
         self.adversarial_keyword = str(adversarial_keyword)
@@ -85,6 +87,7 @@ class SimulatedBackend:
         self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.logit_scale = float(logit_scale)
         self.judge_noise_sd = float(judge_noise_sd)
+        self.hidden_quality_sd = float(hidden_quality_sd)
         self.rater_noise_sd = float(rater_noise_sd)
         self.truth_chunk = int(truth_chunk)
         self.world = WorldModel(seed=self.seed, logit_scale=self.logit_scale, cache_size=table_cache_size)
@@ -96,6 +99,7 @@ class SimulatedBackend:
         """Everything that determines the world's behaviour (used in cache keys)."""
         return {"version": WORLD_VERSION, "seed": self.seed, "adversarial_keyword": self.adversarial_keyword,
                 "logit_scale": self.logit_scale, "judge_noise_sd": self.judge_noise_sd,
+                "hidden_quality_sd": self.hidden_quality_sd,
                 "rater_noise_sd": self.rater_noise_sd}
 
     def features(self, prompt: str) -> PromptFeatures:
@@ -203,14 +207,15 @@ class SimulatedBackend:
         pfs = [self.features(p) for p in prompts]
         topics = np.array([pf.topic for pf in pfs], dtype=np.int64)
         diff = np.array([pf.difficulty for pf in pfs])
-        return text_stats(tokens, length, topics), diff
+        hidden = self.hidden_quality_sd * self.world.hidden_quality(tokens, length)
+        return text_stats(tokens, length, topics), diff, hidden
 
     def true_quality_batch(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """True quality Y for many pairs (see ``world.true_quality_from_stats``)."""
         if not prompts:
             return np.zeros(0)
-        st, diff = self._stats(prompts, responses)
-        return true_quality_from_stats(st, diff)
+        st, diff, hidden = self._stats(prompts, responses)
+        return true_quality_from_stats(st, diff, hidden)
 
     def true_quality(self, prompt: str, response: str) -> float:
         """The true quality Y(prompt, response) in [0, 1]; out-of-vocabulary words count as neutral words."""
@@ -230,7 +235,7 @@ class SimulatedBackend:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        st, difficulty = self._stats(prompts, responses)
+        st, difficulty, _ = self._stats(prompts, responses)  # the judge cannot see the hidden quality
         u = np.array([hash_unit(self.seed, "judge", p, r) for p, r in zip(prompts, responses, strict=True)])
         noise = self.judge_noise_sd * norm.ppf(u)
         scores = judge_score_from_latent(judge_latent_from_stats(st, difficulty), noise)
@@ -312,7 +317,9 @@ class SimulatedBackend:
             out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False)
             topics = np.array([pf.topic for pf in pfs])[rows]
             diff = np.array([pf.difficulty for pf in pfs])[rows]
-            y = true_quality_from_stats(text_stats(out["tokens"], out["length"], topics), diff).reshape(len(chunk), m)
+            hidden = self.hidden_quality_sd * self.world.hidden_quality(out["tokens"], out["length"])
+            y = true_quality_from_stats(text_stats(out["tokens"], out["length"], topics), diff, hidden)
+            y = y.reshape(len(chunk), m)
             sums[start:start + len(chunk)] = y.mean(axis=1)
             sq[start:start + len(chunk)] = y.var(axis=1, ddof=1)
         value = float(sums.mean())

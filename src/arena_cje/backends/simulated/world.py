@@ -36,6 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from arena_cje.backends.simulated.features import PolicyFeatures, PromptFeatures
 from arena_cje.backends.simulated.vocab import (
@@ -177,6 +178,29 @@ class WorldModel:
         self.word_logit = w
         self._cache: OrderedDict[tuple, Tables] = OrderedDict()
         self._word_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def hidden_quality(self, tokens: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Quality the judge cannot see: ``h = Phi^-1(hash(seed, w_1, ..., w_n))``, about N(0, 1).
+
+        A deterministic function of the word sequence, so it is part of the text's true quality,
+        yet pseudo-random: independent of the policy, the length and every word-class count. The
+        judge-to-truth relation given (judge score, length) is therefore the same for every
+        ordinary policy, as CJE's transport assumption requires.
+
+        Args:
+            tokens: (B, Tm) token ids (``OOV_ID`` for unknown words; entries beyond ``length`` ignored).
+            length: (B,) words per row.
+        """
+        Tm = tokens.shape[1]
+        acc = np.full(tokens.shape[0], np.uint64(self.seed) ^ np.uint64(0x41DD3), dtype=np.uint64)
+        for j in range(Tm):
+            inside = j < length
+            if not inside.any():
+                break
+            mixed = _mix64(acc ^ to_uint64(np.where(tokens[:, j] >= 0, tokens[:, j], OOV_ID)))
+            acc = np.where(inside, mixed, acc)
+        u = ((acc >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+        return ndtri(u)
 
     # ------------------------------------------------------------------ tables
     def tables(self, pf: PromptFeatures, pol: PolicyFeatures, temperature: float, max_tokens: int) -> Tables:
@@ -378,15 +402,15 @@ def quality_logit(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
             - 1.5 * c[:, OFF] / n)
 
 
-def true_quality_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
-    """True quality ``Y = sigmoid(s)`` with
+def true_quality_from_stats(st: TextStats, difficulty: np.ndarray, hidden: np.ndarray | float = 0.0) -> np.ndarray:
+    """True quality ``Y = sigmoid(s + hidden)`` (``hidden``: what the judge cannot see) with
 
     ``s = -1.6 + 2.4 cov + (0.1 + 1.6 d) rea + 0.5 gen - 0.55 n_err - 0.9 n_mis - 2.0 f_fil
     - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 2.5)``, ``rea = 1 - exp(-n_rea / 2)``,
     ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
     Content saturates while errors accumulate, so length alone is roughly neutral.
     """
-    return 1.0 / (1.0 + np.exp(-quality_logit(st, difficulty)))
+    return 1.0 / (1.0 + np.exp(-(quality_logit(st, difficulty) + hidden)))
 
 
 def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
