@@ -63,7 +63,7 @@ from arena_cje.cje.inference import jackknife_variance
 
 LEVEL_ESTIMATORS = ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 TRANSPORT_COLUMNS = ["level_source", "borrowed_estimate", "corrected_estimate", "corrected_std_error", "probe_weight",
-                     "transport_bias_sq"]
+                     "transport_bias_sq", "var_transport"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class LevelReport:
         corrected: C (NaN without a probe); corrected_se its standard error.
         weight: lambda (weight of the probe-corrected value; 1 = fully corrected).
         bias_sq: b2_hat, the squared transport gap of B revealed beyond noise.
+        var_if, var_oua, var_transport: Variance parts of the reported value (cluster IF, OUA
+            jackknife, unremoved squared transport gap (1 - lambda)^2 b2_hat).
         contributions: psi and replicates of the reported value (for paired differences).
     """
 
@@ -100,21 +102,13 @@ class LevelReport:
     corrected_se: float
     weight: float
     bias_sq: float
+    var_if: float
+    var_oua: float
+    var_transport: float
     contributions: Contributions | None
 
 
-def _embed(parts: list[tuple[float, Contributions]]) -> pd.Series:
-    """sum_c a_c (|U|/G_c) psi_c,g on the union U of prompts (absent terms 0): mean = sum_c a_c theta_c."""
-    idx = parts[0][1].psi.index
-    for _, c in parts[1:]:
-        idx = idx.union(c.psi.index)
-    out = pd.Series(0.0, index=idx)
-    for a, c in parts:
-        out = out.add(a * len(idx) / len(c.psi) * c.psi, fill_value=0.0)
-    return out
-
-
-def _cluster_cov(a: pd.Series, b: pd.Series) -> float:
+def _cluster_cov(a: np.ndarray, b: np.ndarray) -> float:
     """Cov(mean a, mean b) for contributions on the same index: sum_g (a_g - a_bar)(b_g - b_bar) / (G (G - 1))."""
     g = len(a)
     return float(np.sum((a - a.mean()) * (b - b.mean())) / (g * (g - 1))) if g > 1 else float("nan")
@@ -172,9 +166,10 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
         alpha: 1 - CI level.
         force_corrected: True when the audit failed (lambda = 1).
     """
-    # Both embedded on the union of their prompts, so each averages to its own estimate there.
-    pb = _embed([(1.0, b), (0.0, c)])
-    pc = _embed([(0.0, b), (1.0, c)])
+    # Both embedded on the union U of their prompts, scaled by |U|/G so each averages to its own estimate.
+    idx = b.psi.index if b.psi.index.equals(c.psi.index) else b.psi.index.union(c.psi.index)
+    pb = b.psi.reindex(idx, fill_value=0.0).to_numpy(dtype=float) * (len(idx) / len(b.psi))
+    pc = c.psi.reindex(idx, fill_value=0.0).to_numpy(dtype=float) * (len(idx) / len(c.psi))
     vb = _cluster_cov(pb, pb) + _jack_cov(b.replicates, b.replicates)
     vc = _cluster_cov(pc, pc) + _jack_cov(c.replicates, c.replicates)
     cbc = _cluster_cov(pb, pc) + _jack_cov(b.replicates, c.replicates)
@@ -203,7 +198,7 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
     q = float(stats.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(stats.norm.ppf(1 - alpha / 2))
     source = "probe_corrected" if force_corrected else "combined"
     return LevelReport(source, float(est), se, est - q * se, est + q * se, df, b.estimate, c.estimate,
-                       float(np.sqrt(vc)), lam, b2, Contributions(float(est), psi, reps))
+                       float(np.sqrt(vc)), lam, b2, v_if, v_oua, v_bias, Contributions(float(est), pd.Series(psi, index=idx), reps))
 
 
 def _own_labels(ctx: EstimationContext, policy: str) -> bool:
@@ -271,8 +266,8 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
                 f"transport audit failed (probe mean residual {audit.mean_residual:+.3f}, SE {audit.std_error:.3f}, "
                 f"n={audit.n_probe}): reporting the probe-corrected level (borrowed {out.estimate:.3f})"
             )
-        est.loc[i, ["estimate", "std_error", "ci_lower", "ci_upper", "df"]] = [rep.estimate, rep.std_error, rep.ci_lower,
-                                                                              rep.ci_upper, rep.df]
+        est.loc[i, ["estimate", "std_error", "ci_lower", "ci_upper", "df", "var_if", "var_oua", "var_transport"]] = [
+            rep.estimate, rep.std_error, rep.ci_lower, rep.ci_upper, rep.df, rep.var_if, rep.var_oua, rep.var_transport]
         est.loc[i, ["level_source", "corrected_estimate", "corrected_std_error", "probe_weight", "transport_bias_sq"]] = [
             rep.source, rep.corrected, rep.corrected_se, rep.weight, rep.bias_sq]
         est.at[i, "status"], est.at[i, "reasons"] = st.status, "; ".join(st.reasons)
