@@ -210,3 +210,55 @@ def test_arena_sample_flags_unhelpful(arena_sample):
     ok = e[(e.policy.isin(["clone", "parallel_universe_prompt"])) & e.estimator.isin(["direct", "stacked_dr"])]
     assert (ok.status == "ok").all() and ok.estimate.between(0.7, 0.82).all()
     assert res.weights["parallel_universe_prompt"].ess_raw < 0.01 < res.weights["parallel_universe_prompt"].ess_simcal
+
+
+def test_logging_policy_as_its_own_target_gives_unit_weights_and_sensible_rows():
+    """The pipeline lists the logging policy in target_policy_logprobs: weights are exactly 1, rows are ok."""
+    d = simulate(n=800, oracle_fraction=0.3, seed=21, targets=("pi_0", "pi_hot"), fresh_labels_for_logging=True)
+    names = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
+    res = estimate_policies(CJEDataset.from_frames(d.logged, d.fresh), EstimationConfig(estimators=names))
+    w = res.weights["pi_0"]
+    assert w.ess_raw == 1.0 and w.max_weight == 1.0 and w.ess_simcal == pytest.approx(1.0) and w.n_missing_logprob == 0
+    e = res.estimates.set_index(["policy", "estimator"])
+    truth = true_value("pi_0")
+    for name in names[1:]:
+        row = e.loc[("pi_0", name)]
+        assert row.status == "ok", (name, row.reasons)
+        assert abs(row.estimate - truth) < 3.5 * row.std_error, (name, row.estimate, truth)
+    # Unit weights: SNIPS and calibrated IPS are both the mean cross-fitted reward of the logged rows.
+    assert e.loc[("pi_0", "snips"), "estimate"] == pytest.approx(e.loc[("pi_0", "calibrated_ips"), "estimate"], abs=1e-12)
+
+
+def test_target_typicality_coverage_closed_form_and_missing_data():
+    from arena_cje.cje.weights import target_typicality_coverage
+
+    fresh_u = np.linspace(0.0, 1.0, 1001)  # the target's own per-token surprisal: 90% quantile = 0.9
+    logged_u = np.linspace(0.0, 2.0, 201)
+    ttc, how = target_typicality_coverage(-logged_u * 10, np.full(201, 10.0), None, -fresh_u * 4, np.full(1001, 4.0))
+    assert how == "fresh" and ttc == pytest.approx(np.mean(logged_u <= 0.9))
+    # No token counts: NaN, not an error.
+    assert np.isnan(target_typicality_coverage(-logged_u, np.full(201, np.nan))[0])
+    # Target = logger: the weighted threshold is the logger's own 90% quantile, TTC ~ 0.9.
+    rng = np.random.default_rng(0)
+    lp = -rng.gamma(4, 5, 5000)
+    ttc_same, how_same = target_typicality_coverage(lp, np.full(5000, 20.0), base_logprob=lp)
+    assert how_same == "weighted" and ttc_same == pytest.approx(0.9, abs=0.01)
+
+
+def test_low_target_typicality_refuses_weights_only_rows():
+    d = simulate(n=600, oracle_fraction=0.3, seed=23, targets=("pi_hot",))
+    lg = d.logged.copy()
+    rng = np.random.default_rng(1)
+    lg["n_tokens"] = 10.0
+    fr = {p: f.assign(n_tokens=10.0) for p, f in d.fresh.items()}
+    # The target's own responses are far more typical (lower surprisal) than any logged response.
+    lp_hot = np.array([v["pi_hot"] for v in lg.target_policy_logprobs])
+    fr["pi_hot"]["logprob"] = np.quantile(lp_hot, 0.999) + rng.uniform(0, 1, len(fr["pi_hot"]))
+    res = estimate_policies(CJEDataset.from_frames(lg, fr), EstimationConfig(estimators=("snips", "calibrated_ips", "direct")))
+    assert res.weights["pi_hot"].ttc < 0.05 and res.weights["pi_hot"].ttc_method == "fresh"
+    e = res.estimates.set_index("estimator")
+    assert (e.loc[["snips", "calibrated_ips"], "status"] == "refused").all()
+    assert "target-typicality coverage" in e.loc["snips", "reasons"] and e.loc["direct", "status"] != "refused"
+    # Without token counts the diagnostic is NaN and nothing is refused for it.
+    res2 = estimate_policies(CJEDataset.from_frames(d.logged, d.fresh), EstimationConfig(estimators=("snips",)))
+    assert np.isnan(res2.weights["pi_hot"].ttc) and "typicality" not in res2.estimates.reasons.iloc[0]
