@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,21 @@ def arena_sample() -> Path:
     if not ARENA_SAMPLE.is_dir():
         pytest.skip(f"real-data sample not found at {ARENA_SAMPLE}")
     return ARENA_SAMPLE
+
+
+def copy_project(tmp_path: Path) -> Path:
+    """A runnable copy of the project in ``tmp_path``: conf/base, an empty conf/local and data/.
+
+    The package itself comes from the virtual environment; ``src/`` only has to exist for
+    ``bootstrap_project``.
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()
+    (project / "src").mkdir()
+    for layer in (PROJECT_ROOT / "data").iterdir():
+        if layer.is_dir():
+            (project / "data" / layer.name).mkdir(parents=True)
+    return project

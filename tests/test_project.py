@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from .conftest import PROJECT_ROOT, load_parameters
+from .conftest import PROJECT_ROOT, copy_project, load_parameters
 
 PIPELINES = {"data_prep", "generation", "judging", "labeling", "estimation"}
 
@@ -54,25 +53,13 @@ def test_every_parameter_block_is_used_by_a_pipeline(base_parameters):
     assert set(base_parameters) - used == set()
 
 
-def _copy_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
-    (project / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
-    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
-    (project / "conf" / "local").mkdir()
-    for layer in (PROJECT_ROOT / "data").iterdir():
-        (project / "data" / layer.name).mkdir(parents=True)
-    return project
-
-
 @pytest.mark.slow
 def test_whole_project_run_in_a_temporary_copy(tmp_path):
     """`kedro run` end to end (in-process) with a small sample, then estimation alone again."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     bootstrap_project(project)
     params = {"prompts": {"output_samples": 400, "pool_size": 2000}}  # nested: the API does not split dots
     with KedroSession.create(project_path=project, runtime_params=params) as session:

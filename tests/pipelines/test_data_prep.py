@@ -1,6 +1,4 @@
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,7 +11,7 @@ from arena_cje.pipelines.data_prep.nodes import (
 )
 from arena_cje.pipelines.data_prep.pipeline import create_pipeline
 
-from ..conftest import PROJECT_ROOT
+from ..conftest import copy_project
 from ..prompts.arena_fixture import arena_frame, expected_kept_ids, expected_removed, write_arena_fixture
 
 
@@ -96,24 +94,12 @@ def test_arena_slice_in_memory_reports_every_filter(parameters):
     assert {"model_a", "model_b", "winner", "tstamp", "split"} <= set(out["prompts"].columns)
 
 
-def _copy_project(tmp_path: Path) -> Path:
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
-    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
-    (project / "conf" / "local").mkdir()
-    (project / "src").mkdir()  # bootstrap_project wants it; the package comes from the venv
-    for layer in ("01_raw", "02_intermediate", "03_primary", "08_reporting"):
-        (project / "data" / layer).mkdir(parents=True)
-    return project
-
-
 def test_kedro_run_data_prep_on_a_local_arena_export(tmp_path):
     """`kedro run --pipeline data_prep --params prompts.source=arena_local` (in-process)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    project = _copy_project(tmp_path)
+    project = copy_project(tmp_path)
     write_arena_fixture(project / "data/01_raw/arena_conversations/chatbot_arena_conversations.jsonl")
     bootstrap_project(project)
     # Nested, as the CLI's --params "prompts.source=arena_local,..." becomes (dotted keys are not split here).

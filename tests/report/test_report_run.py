@@ -1,10 +1,9 @@
 """Acceptance: the default `kedro run` writes the report, and every section of it has content."""
 
-import shutil
 
 import pytest
 
-from ..conftest import PROJECT_ROOT
+from ..conftest import copy_project
 from .test_report import check_report_html
 
 
@@ -13,15 +12,7 @@ def test_default_kedro_run_writes_the_report(tmp_path):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
-    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
-    (project / "conf" / "local").mkdir()
-    (project / "src").mkdir()  # bootstrap_project wants it; the package comes from the venv
-    for layer in (PROJECT_ROOT / "data").iterdir():
-        if layer.is_dir():
-            (project / "data" / layer.name).mkdir(parents=True)
+    project = copy_project(tmp_path)
     bootstrap_project(project)
     params = {"prompts": {"output_samples": 200, "pool_size": 1000}}
     with KedroSession.create(project_path=project, runtime_params=params) as session:
