@@ -30,9 +30,9 @@ cluster-robust variance.
 * dr_cpo: phi_i = g_hat(X_i) + W_i (L_i/pi_L)(Y_i - f(S_i)): direct method on fresh draws plus the
   importance-weighted calibration residual on the labelled slice (an AIPW / two-phase-sampling
   correction: unbiased if either the calibration transports to the policy or the weights are right).
-* mrdr: as dr_cpo with an outcome model q fitted by weighted isotonic regression of Y on S with
-  weights W_i^2 (the variance-minimising weighting of the correction term, Farajtabar et al. 2018),
-  cross-fitted by fold.
+* mrdr: as dr_cpo with an outcome model q of the calibration's own family and covariates (isotonic
+  in S, or two-stage in S and length) fitted with weights W_i^2 (the variance-minimising weighting of
+  the correction term, Farajtabar et al. 2018), cross-fitted by fold.
 * tmle: initial q = f on the label scale mapped to [0, 1]; one logistic fluctuation
   logit q* = logit q + eps with eps solving sum_i W_i L_i (Y_i - q*_i) = 0 (so the weighted residual
   term is zero by construction); theta = mean g*_hat(X) with g* built from q* on the fresh draws.
@@ -399,25 +399,38 @@ def dr_cpo(ctx: EstimationContext, policy: str) -> EstimatorOutput:
 
 
 def mrdr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
-    """MRDR: outcome model by isotonic regression of Y on S weighted by W^2, cross-fitted by fold."""
+    """MRDR: outcome model = the chosen calibrator family (same covariates) fitted with weights W^2, cross-fitted."""
     s = _dr_setup(ctx, policy, "mrdr")
     if isinstance(s, EstimatorOutput):
         return s
     f = s["fresh"]
     lab = s["lab"]
+    name = ctx.cal.diagnostics.calibrator
+    # Same covariates as the calibration: an S-only outcome model would reintroduce the judge's
+    # length bias that the two-stage calibrator removed (and SIMCal weights, being functions of S,
+    # cannot correct it in the residual term).
+    c_all = ctx.cal._covs(ctx.logged)
+    c_log = None if c_all is None else c_all[s["rows"]]
+    c_fr = ctx.cal._covs(f["frame"])
+
+    def sub(c: np.ndarray | None, m: np.ndarray) -> np.ndarray | None:
+        return None if c is None else c[m]
+
     jl, yl, wl, fl = s["judge"][lab], s["y"][lab], s["w"][lab] ** 2 + 1e-12, s["folds"][lab]
+    cl = sub(c_log, lab)
     fresh_folds = fold_of(f["pid"], ctx.K)
     models = []
     for k in range(ctx.K):
         tr = fl != k
-        models.append(make_calibrator("isotonic").fit(jl[tr], None, yl[tr], sample_weight=wl[tr]))
+        models.append(make_calibrator(name).fit(jl[tr], sub(cl, tr), yl[tr], sample_weight=wl[tr]))
     q_log = np.empty(len(s["rows"]))
     q_fr = np.empty(len(f["judge"]))
     for k, m in enumerate(models):
-        q_log[s["folds"] == k] = m.predict(s["judge"][s["folds"] == k])
-        q_fr[fresh_folds == k] = m.predict(f["judge"][fresh_folds == k])
+        sl, sf = s["folds"] == k, fresh_folds == k
+        q_log[sl] = m.predict(s["judge"][sl], sub(c_log, sl))
+        q_fr[sf] = m.predict(f["judge"][sf], sub(c_fr, sf))
     phi = _dr_phi(s, q_log, q_fr)
-    reps = np.array([_dr_phi(s, m.predict(s["judge"]), m.predict(f["judge"])).mean() for m in models])
+    reps = np.array([_dr_phi(s, m.predict(s["judge"], c_log), m.predict(f["judge"], c_fr)).mean() for m in models])
     return _dr_output(ctx, policy, "mrdr", s, phi, reps)
 
 
