@@ -15,7 +15,8 @@ slices (50 labels per target policy) are always given, to us and to cje-eval 0.9
 
 cje-eval is installed by this script in its own virtual environment per version under
 ``~/.cache/arena_cje_bench/`` (``python -m venv``; ``pip install cje-eval==X``) and run in a
-subprocess; if that fails the reason is printed and the table carries our rows only.
+subprocess (its results are cached under ``results/`` there, keyed by version and label subset,
+seconds included); if that fails the reason is printed and the table carries our rows only.
 
 Columns: error = estimate - truth; CI half-width = (upper - lower)/2; covers = truth in CI; seconds =
 wall time of one full analysis (all policies). A row that is refused counts as refused, not as an
@@ -26,6 +27,7 @@ clone, parallel_universe_prompt) among those each method reports.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -145,7 +147,12 @@ def ensure_venv(version: str) -> Path | None:
 
 
 def run_reference(py: Path, version: str, data_dir: Path, keep: set[str]) -> tuple[dict, float] | None:
-    """One cje-eval analysis in its venv; None (reason printed) on failure."""
+    """One cje-eval analysis in its venv (cached by version and label subset); None (reason printed) on failure."""
+    key = hashlib.sha256(json.dumps([version, str(data_dir), sorted(keep)]).encode()).hexdigest()[:16]
+    cached = CACHE / "results" / f"{version}_{key}.json"
+    if cached.exists():
+        out = json.loads(cached.read_text())
+        return out["policies"], out["seconds"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"version": version, "data": str(data_dir), "keep": sorted(keep), "targets": list(TARGETS)}, f)
     r = subprocess.run([str(py), str(CACHE / "runner.py"), f.name], capture_output=True, text=True)
@@ -154,6 +161,8 @@ def run_reference(py: Path, version: str, data_dir: Path, keep: set[str]) -> tup
         print(f"cje-eval {version} failed: {(r.stderr or r.stdout).strip()[-600:]}", file=sys.stderr)
         return None
     out = json.loads(line[7:])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(out))
     return out["policies"], out["seconds"]
 
 

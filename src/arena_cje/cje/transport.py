@@ -13,8 +13,8 @@ recomputed with the delete-one-fold calibrator f^(-k), as in ``inference.py``):
 * **probe-corrected** C = (calibrated mean of the target's fresh draws) + (probe mean residual):
   C = theta_direct + delta_hat, delta_hat = (1/m) sum_j (Y_j - f^(-k(j))(S_j)). It is a two-phase
   sampling estimator on the target's own responses, unbiased whatever f is. Its contributions on
-  the union U of prompts: psi_C,g = (|U|/G) psi_direct,g + (|U|/m) sum_{j in g} r_j (absent terms
-  are 0), so mean_U psi_C = C; replicates C_k = theta_direct,k + mean_j (Y_j - f^(-k)(S_j)).
+  the union U of prompts: psi_C,g = (|U|/G) psi_direct,g + delta_hat + (|U|/m) sum_{j in g} (r_j - delta_hat)
+  (absent terms are 0; the ratio form of the fixed-size probe mean), so mean_U psi_C = C; replicates C_k = theta_direct,k + mean_j (Y_j - f^(-k)(S_j)).
   Because the probe residual is taken against the same f, the calibration error largely cancels in
   C (its OUA variance is small) while the probe adds sampling variance var(r)/m.
 * **combined** theta_lambda = B + lambda d_hat with d_hat = C - B, lambda in [0, 1] minimising the
@@ -135,9 +135,12 @@ def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray,
     m = len(r)
     pid = probe["prompt_id"].to_numpy(dtype=object)
     codes, uniq = pd.factorize(pid)
-    rho = pd.Series(np.bincount(codes, weights=r, minlength=len(uniq)), index=pd.Index(uniq, name="prompt_id"))
+    # Hajek (ratio) form of the probe mean: centred residuals, so the fixed-size probe contributes
+    # var(r)/m and not E[r^2]/m (the squared gap is a mean, not noise).
+    rbar = float(r.mean())
+    rho = pd.Series(np.bincount(codes, weights=r - rbar, minlength=len(uniq)), index=pd.Index(uniq, name="prompt_id"))
     idx = direct.psi.index.union(rho.index)
-    psi = pd.Series(0.0, index=idx).add(len(idx) / len(direct.psi) * direct.psi, fill_value=0.0)
+    psi = pd.Series(rbar, index=idx).add(len(idx) / len(direct.psi) * direct.psi, fill_value=0.0)
     psi = psi.add(len(idx) / m * rho, fill_value=0.0)
     reps = None
     if direct.oua_replicates is not None and rk is not None:
