@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from kedro.config import OmegaConfigLoader
 
 from arena_cje.settings import CONFIG_LOADER_ARGS
+
+# CI replays the same examples every run (a red CI is then reproducible); local runs explore.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARENA_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "arena_sample"
