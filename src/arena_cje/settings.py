@@ -11,6 +11,8 @@ from arena_cje.hooks import NOISY_MODULES, NodeTimingHook, QuietWarningsHook
 for _module in NOISY_MODULES:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=_module)
     warnings.filterwarnings("ignore", category=FutureWarning, module=_module)
+# kedro-viz imports a FastAPI response class that FastAPI now deprecates (a UserWarning subclass).
+warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 
 HOOKS = (QuietWarningsHook(), NodeTimingHook())
 
