@@ -23,7 +23,7 @@ from arena_cje.crowd.export import (
 )
 from arena_cje.crowd.parse import ParsedRatings, RawFile, decode_bytes, parse_ratings
 from arena_cje.crowd.select import horvitz_thompson_mean, stratified_sample
-from arena_cje.crowd.simulate import CrowdConfig, ratings_csv_bytes, simulate_platform_ratings
+from arena_cje.crowd.simulate import CrowdConfig, llm_oracle_ratings, ratings_csv_bytes, simulate_platform_ratings
 from arena_cje.crowd.validate import parse_rating, validate_ratings
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "parse_rating",
     "parse_ratings",
     "ratings_csv_bytes",
+    "llm_oracle_ratings",
     "simulate_platform_ratings",
     "stratified_sample",
     "surge_tasks",

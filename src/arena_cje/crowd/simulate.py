@@ -121,3 +121,27 @@ def simulate_platform_ratings(
 def ratings_csv_bytes(ratings: pd.DataFrame) -> bytes:
     """The platform file: UTF-8 CSV, comma separated, header row."""
     return ratings.to_csv(index=False).encode("utf-8")
+
+
+#: ``score(prompts, responses) -> one 0-1 score (or None) per pair`` (an LLM judge used as oracle).
+ScoreFn = Callable[[list[str], list[str]], list[float | None]]
+
+
+def llm_oracle_ratings(
+    tasks: pd.DataFrame, score: ScoreFn, rating_min: float, rating_max: float, worker_id: str = "llm_oracle"
+) -> pd.DataFrame:
+    """One rating per task from an LLM used as the oracle (as the CJE paper's GPT-5 oracle).
+
+    ``rating = round(rating_min + s (rating_max - rating_min))`` for the oracle's 0-1 score ``s``.
+    A task the oracle could not score keeps an empty rating, so the importer quarantines it with
+    its reason instead of it vanishing.
+
+    Returns:
+        Columns :data:`RESULT_COLUMNS`, one row per task.
+    """
+    scores = score(tasks["prompt"].tolist(), tasks["response"].tolist())
+    ratings = ["" if s is None else str(int(round(rating_min + s * (rating_max - rating_min)))) for s in scores]
+    return pd.DataFrame(
+        {"task_id": tasks["task_id"].to_numpy(), "worker_id": worker_id, "rating": ratings, "submitted_at": ""},
+        columns=RESULT_COLUMNS,
+    )

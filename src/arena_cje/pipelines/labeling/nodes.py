@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from arena_cje.backends import SimulatedTruth
+from arena_cje.backends.base import judge_batch
 from arena_cje.crowd import (
     CrowdConfig,
     RawFile,
@@ -28,6 +29,7 @@ from arena_cje.crowd import (
     krippendorff_alpha,
     label_studio_config,
     label_studio_tasks,
+    llm_oracle_ratings,
     make_label_tasks,
     parse_ratings,
     ratings_csv_bytes,
@@ -37,7 +39,7 @@ from arena_cje.crowd import (
     validate_ratings,
 )
 from arena_cje.crowd import worker_quality as _worker_quality
-from arena_cje.experiment import backend_from_params, stable_seed
+from arena_cje.experiment import backend_from_params, judge_spec, stable_seed
 
 logger = logging.getLogger(__name__)
 
@@ -130,31 +132,48 @@ def export_label_tasks(label_items: pd.DataFrame, labeling: dict[str, Any]) -> d
     }
 
 
-def collect_simulated_ratings(
+def collect_ratings(
     label_tasks: pd.DataFrame, label_task_mapping: pd.DataFrame, backend: dict[str, Any], labeling: dict[str, Any]
 ) -> RawFile:
-    """The simulated crowd answers the exported tasks and returns a platform CSV file.
+    """Answer the exported tasks without humans and return a platform CSV file.
 
-    The votes come from the simulated world's raters (``SimulatedTruth.rate``) passed through a
-    worker pool with noisy workers and spammers (``labeling.simulated_crowd``), so the import and
-    quality control that follow have real problems to find.
+    ``labeling.oracle`` chooses who answers:
+
+    - ``crowd`` (default): the simulated world's raters (``SimulatedTruth.rate``) passed through a
+      worker pool with noisy workers and spammers (``labeling.simulated_crowd``), so the import
+      and quality control that follow have real problems to find;
+    - ``llm``: an LLM judge used as the oracle (``labeling.llm_oracle``: model, temperature,
+      rubric), one rating per task, for backends with a real model but no simulated raters.
 
     Raises:
-        RuntimeError: the backend has no simulated raters (real humans must label the exported tasks).
+        RuntimeError: ``crowd`` with a backend that has no simulated raters (real humans must
+            label the exported tasks; the message says how).
     """
     client = backend_from_params(backend)
-    if not isinstance(client, SimulatedTruth):
+    rating_min, rating_max = labeling["rating_min"], labeling["rating_max"]
+    oracle = labeling.get("oracle", "crowd")
+    if oracle == "llm":
+        spec = judge_spec(labeling["llm_oracle"])
+
+        def score(prompts: list[str], responses: list[str]) -> list[float | None]:
+            return [j.score for j in judge_batch(client, prompts, responses, spec)]
+
+        ratings = llm_oracle_ratings(label_tasks, score, rating_min, rating_max)
+    elif oracle != "crowd":
+        raise ValueError(f"labeling.oracle must be 'crowd' or 'llm', got {oracle!r}")
+    elif not isinstance(client, SimulatedTruth):
         raise RuntimeError(
             "This backend has no simulated raters. Send data/03_primary/labeling/label_tasks.csv (Surge), "
             "label_tasks_generic.csv or label_studio_tasks.json to your labeling platform, save its results as "
-            "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipeline labeling_import` and "
-            "`kedro run --pipeline estimation`."
+            "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipelines labeling_import,estimation` "
+            "(or set labeling.oracle: llm to let an LLM oracle answer)."
         )
-    ratings = simulate_platform_ratings(
-        label_tasks, label_task_mapping, client.rate, int(labeling["votes_per_item"]),
-        labeling["rating_min"], labeling["rating_max"], CrowdConfig(**dict(labeling["simulated_crowd"])),
-        seed=stable_seed(labeling["seed"], "crowd"),
-    )
+    else:
+        ratings = simulate_platform_ratings(
+            label_tasks, label_task_mapping, client.rate, int(labeling["votes_per_item"]),
+            rating_min, rating_max, CrowdConfig(**dict(labeling["simulated_crowd"])),
+            seed=stable_seed(labeling["seed"], "crowd"),
+        )
     return RawFile("crowd_ratings.csv", ratings_csv_bytes(ratings))
 
 

@@ -12,7 +12,7 @@ from .nodes import (
     aggregate_oracle_labels,
     archive_raw_ratings,
     assemble_cje_dataset,
-    collect_simulated_ratings,
+    collect_ratings,
     export_label_tasks,
     import_ratings,
     score_workers,
@@ -54,10 +54,10 @@ def create_collect_pipeline() -> Pipeline:
     return Pipeline(
         [
             Node(
-                collect_simulated_ratings,
+                collect_ratings,
                 ["label_tasks", "label_task_mapping", "params:backend", "params:labeling"],
                 "crowd_ratings",
-                name="collect_simulated_ratings",
+                name="collect_ratings",
             )
         ]
     )
