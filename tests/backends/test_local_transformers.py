@@ -70,6 +70,9 @@ def test_sampled_logprob_equals_teacher_forced_logprob(backend, generations):
         assert gen.logprob is not None and tf.logprob is not None
         assert tf.n_tokens == gen.n_tokens == len(gen.token_logprobs)
         assert tf.logprob == pytest.approx(gen.logprob, abs=1e-4)
+        # The sampler's own (KV-cache) log-probs, not just the reported scoring pass, agree too.
+        assert tf.logprob == pytest.approx(gen.usage["sampling_logprob"], abs=1e-4)
+        assert gen.usage["sampling_max_token_gap"] < 1e-4
         assert math.isclose(sum(gen.token_logprobs), gen.logprob)
     # At least one response ended by itself, so the end-of-turn token was part of the check.
     assert any(g.usage["truncated"] == 0.0 for g in generations)
@@ -84,10 +87,10 @@ def test_generation_logprobs_match_reference_including_end_of_turn(backend, gene
 
 
 def test_generation_is_reproducible_per_item_seed_regardless_of_batch(backend, generations):
-    alone = backend.generate(PROMPTS[1], PI_HOT, 12)
-    assert alone.text == generations[1].text
-    assert alone.logprob == pytest.approx(generations[1].logprob, abs=1e-4)
-    other_seed = backend.generate(PROMPTS[1], PI_HOT, 99)
+    alone = backend.generate(PROMPTS[0], PI_HOT, 11)
+    assert alone.text == generations[0].text
+    assert alone.logprob == pytest.approx(generations[0].logprob, abs=1e-4)
+    other_seed = backend.generate(PROMPTS[0], PI_HOT, 99)
     assert other_seed.text != alone.text
 
 

@@ -11,6 +11,10 @@ Exactness (what makes importance weights right):
   no top-p, no minimum length, no repetition penalty): a logits processor draws each row's token
   with that row's own ``torch.Generator`` (seeded per item, so a response depends on its seed and
   not on the batch it ran in) and records ``log_softmax(z / T)[token]``, end-of-turn included.
+  The reported ``Generation.logprob`` / ``token_logprobs`` come from one scoring pass over the
+  sampled ids (the teacher-forcing computation): the sampler's KV-cache logits differ from a full
+  pass by float32 rounding (~1e-6 nats per token, ~1e-4 over 128 tokens), so its own values are
+  kept in ``usage["sampling_logprob"]`` and checked per token (``sampling_tolerance``).
 * **Teacher forcing** renders the prompt prefix with the model's own chat template (which ends
   with the assistant header), tokenises it, and *concatenates* the response token ids — the two
   parts are never tokenised together, so no token can straddle the prompt/response boundary. One
@@ -306,6 +310,8 @@ class LocalTransformersBackend:
             model into the rubric's JSON); part of the raw reply that is parsed. ``""`` for none.
         num_threads: ``torch.set_num_threads`` (``None``: torch's default).
         seed: Backend seed mixed into every per-item sampling seed (``seed=0`` keeps item seeds).
+        sampling_tolerance: Largest allowed per-token gap (nats) between the sampler's own
+            log-prob and the scoring pass's; a larger gap is a bug and makes the result an error.
         progress: Show tqdm progress bars.
     """
 
@@ -321,6 +327,7 @@ class LocalTransformersBackend:
         judge_prefill: str = '{"score": ',
         num_threads: int | None = None,
         seed: int = 0,
+        sampling_tolerance: float = 1e-3,
         progress: bool = True,
     ) -> None:
         if batch_size < 1:
@@ -333,6 +340,7 @@ class LocalTransformersBackend:
         self.max_prompt_tokens = max_prompt_tokens
         self.judge_prefill = judge_prefill
         self.seed = seed
+        self.sampling_tolerance = sampling_tolerance
         self.progress = progress
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -475,9 +483,9 @@ class LocalTransformersBackend:
         """Sample a response per prompt under ``policy`` (seeded per item), with its log-probs."""
         results: list[Generation | None] = [None] * len(prompts)
         if policy.top_p != 1.0:
-            return [Generation(text="", error=f"top_p={policy.top_p}: only top_p=1 gives exact log-probs")] * len(prompts)
+            return [Generation(text="", error=f"top_p={policy.top_p}: only top_p=1 gives exact log-probs") for _ in prompts]
         if policy.temperature <= 0:
-            return [Generation(text="", error="temperature must be > 0 for sampled log-probs")] * len(prompts)
+            return [Generation(text="", error="temperature must be > 0 for sampled log-probs") for _ in prompts]
         rows: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
             row = self.prompt_ids(prompt, policy.system_prompt)
@@ -492,21 +500,37 @@ class LocalTransformersBackend:
                 sampled = self.sample_ids(
                     [rows[i] for i in batch], policy.temperature, [self._item_seed(seeds[i]) for i in batch], policy.max_tokens
                 )
+                # The reported log-probs come from the scoring pass over the sampled ids (the very
+                # computation teacher forcing does); the sampler's KV-cache values differ from it
+                # by float32 noise only (~1e-6 nats per token) and are kept as a per-token check.
+                scored = self.score_ids(
+                    [rows[i] for i in batch], [s.ids + ([self.eot_id] if s.ended else []) for s in sampled], policy.temperature
+                )
                 seconds = (time.perf_counter() - start) / len(batch)
-                for i, s in zip(batch, sampled, strict=True):
+                for i, s, lps in zip(batch, sampled, scored, strict=True):
                     text = self.decode(s.ids)
                     self.token_store.add(self.model_key, text, s.ids, s.ended)
                     canonical = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) == tuple(s.ids)
+                    gap = max((abs(a - b) for a, b in zip(lps, s.token_logprobs, strict=True)), default=0.0)
+                    error = None
+                    if not gap <= self.sampling_tolerance:
+                        error = (
+                            f"sampler and scorer disagree by {gap:.3g} nats on a token (> {self.sampling_tolerance}); "
+                            "the recorded log-probs would not be those of the sampling distribution"
+                        )
                     results[i] = Generation(
                         text=text,
-                        logprob=float(sum(s.token_logprobs)),
-                        token_logprobs=s.token_logprobs,
-                        n_tokens=len(s.token_logprobs),
+                        logprob=None if error else float(sum(lps)),
+                        token_logprobs=None if error else lps,
+                        n_tokens=len(lps),
+                        error=error,
                         usage={
                             "prompt_tokens": float(len(rows[i])),
-                            "completion_tokens": float(len(s.token_logprobs)),
+                            "completion_tokens": float(len(lps)),
                             "truncated": float(not s.ended),
                             "canonical_tokens": float(canonical),
+                            "sampling_logprob": float(sum(s.token_logprobs)),
+                            "sampling_max_token_gap": float(gap),
                             "seconds": seconds,
                         },
                     )
@@ -517,7 +541,7 @@ class LocalTransformersBackend:
         """``log P_policy(response | prompt)`` incl. end of turn, exact at the policy's temperature."""
         results: list[TeacherForced | None] = [None] * len(prompts)
         if policy.temperature <= 0:
-            return [TeacherForced(logprob=None, error="temperature must be > 0 for log-probs")] * len(prompts)
+            return [TeacherForced(logprob=None, error="temperature must be > 0 for log-probs") for _ in prompts]
         items: dict[int, tuple[list[int], list[int], ResponseTokens]] = {}
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             row = self.prompt_ids(prompt, policy.system_prompt)
