@@ -233,7 +233,8 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 st.reasons.append(cal_error)
             statuses[(policy, name)] = st
             if out.n >= 2 and np.isfinite(out.estimate):
-                iv = t_interval(out.estimate, out.psi.to_numpy(), out.oua_replicates, config.alpha)
+                iv = t_interval(out.estimate, out.psi.to_numpy(), out.oua_replicates, config.alpha,
+                                out.extras.get("sampling_jackknife"))
                 se, lo, hi, v_if, v_oua, df = iv.std_error, iv.ci_lower, iv.ci_upper, iv.var_if, iv.var_oua, iv.df
                 if config.n_bootstrap > 0 and name != "naive" and not st.refused:
                     reps = _bootstrap(data, config, policy, name)

@@ -286,6 +286,34 @@ def _projection_correction(pw: PolicyWeights, judge: np.ndarray, r: np.ndarray, 
     return fit.blend_gamma * corr * (m_hat - theta)
 
 
+SIMCAL_JACKKNIFE_GROUPS = 20
+
+
+def _simcal_jackknife(ctx: EstimationContext, pw: PolicyWeights, r: np.ndarray) -> float:
+    """Grouped delete-a-group jackknife of calibrated IPS, refitting SIMCal (projections AND stacking).
+
+    Prompts are split into G = 20 groups by crc32(prompt_id) mod G; theta_(-g) recomputes the whole
+    SIMCal fit without group g; V_JK = (G-1)/G sum_g (theta_(-g) - mean theta)^2.
+    """
+    m = pw.mask
+    pid = ctx.logged["prompt_id"].to_numpy(dtype=object)[m]
+    grp = fold_of(pid, SIMCAL_JACKKNIFE_GROUPS)
+    judge = ctx.logged["judge_score"].to_numpy(dtype=float)[m]
+    folds = ctx.folds[m]
+    thetas = []
+    for g in range(SIMCAL_JACKKNIFE_GROUPS):
+        keep = grp != g
+        if keep.sum() < 2 or keep.all():
+            continue
+        wk = pw.raw[keep] / pw.raw[keep].mean()
+        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap).weights
+        thetas.append(float(np.sum(wj * r[keep]) / np.sum(wj)))
+    t = np.asarray(thetas)
+    if t.size < 2:
+        return float("nan")
+    return float((t.size - 1) / t.size * np.sum((t - t.mean()) ** 2))
+
+
 def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> EstimatorOutput:
     pw = ctx.weights(policy)
     if pw is None or pw.mask.sum() < 2:
@@ -303,6 +331,8 @@ def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> Estimato
     psi = _prompt_sum(ctx.logged["prompt_id"].to_numpy(dtype=object)[m], phi)
     reps = np.array([np.sum(w * rk[m]) / np.sum(w) for rk in ctx.rewards_k]) if ctx.use_oua else None
     out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
+    if which == "simcal" and pw.diagnostics.ess_raw < 0.999:  # unit weights: SIMCal is the identity
+        out.extras["sampling_jackknife"] = (_simcal_jackknife(ctx, pw, r), SIMCAL_JACKKNIFE_GROUPS)
     if pw.diagnostics.n_missing_logprob:
         out.reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
         out.warned = True

@@ -61,13 +61,22 @@ def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
     return float((v1 + v2) ** 2 / (v1**2 / df1 + v2**2 / df2))
 
 
-def t_interval(estimate: float, psi: np.ndarray, oua_replicates: np.ndarray | None, alpha: float) -> Interval:
-    """t interval from the cluster IF variance plus the OUA jackknife variance (module docstring)."""
+def t_interval(estimate: float, psi: np.ndarray, oua_replicates: np.ndarray | None, alpha: float,
+               sampling_jackknife: tuple[float, int] | None = None) -> Interval:
+    """t interval from the cluster IF variance plus the OUA jackknife variance (module docstring).
+
+    ``sampling_jackknife = (V_JK, G)``: an estimator whose IF misses part of its sampling variance
+    (calibrated IPS: the data-driven SIMCal stacking) supplies a grouped jackknife variance; the
+    sampling part is then max(V_IF, V_JK), with G - 1 df when the jackknife is the larger.
+    """
     g = len(psi)
     v_if = cluster_variance(psi)
+    df_if = g - 1
+    if sampling_jackknife is not None and np.isfinite(sampling_jackknife[0]) and sampling_jackknife[0] > v_if:
+        v_if, df_if = float(sampling_jackknife[0]), int(sampling_jackknife[1]) - 1
     v_oua = jackknife_variance(oua_replicates)
     k = 0 if oua_replicates is None else len(oua_replicates)
-    df = satterthwaite_df(v_if, g - 1, v_oua, k - 1) if g > 1 else float("nan")
+    df = satterthwaite_df(v_if, df_if, v_oua, k - 1) if g > 1 else float("nan")
     v = v_if + v_oua
     se = float(np.sqrt(v)) if np.isfinite(v) else float("nan")
     if not np.isfinite(se) or not np.isfinite(df) or df <= 0:
