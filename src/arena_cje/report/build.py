@@ -32,8 +32,9 @@ def plan_label_budget_for_verdicts(
     alpha = float((parameters.get("estimation", {}) or {}).get("alpha", 0.05))
     plan = plan_label_budget(estimates, targets, alpha=alpha)
     speaking = set(zip(verdicts["policy"], verdicts["estimator"], strict=True))
-    keep = [(p, e) in speaking for p, e in zip(plan["policy"], plan["estimator"], strict=True)]
-    return plan[keep].reset_index(drop=True)
+    keep = pd.Series([(p, e) in speaking for p, e in zip(plan["policy"], plan["estimator"], strict=True)],
+                     index=plan.index, dtype=bool)  # a Series: an empty list would select columns
+    return plan.loc[keep].reset_index(drop=True)
 
 
 def build_report(
