@@ -10,7 +10,8 @@ Per (oracle fraction, estimator, policy): share of 95% CIs covering the pool tru
 SE vs Monte Carlo SD of the estimates, share of rows refused, median t df. With ``--workers 2`` the
 replications run in two forked processes.
 
-Run: .venv/bin/python benchmarks/coverage_study.py --reps 400 --pool 12000 --fractions 0.25
+Run: .venv/bin/python benchmarks/coverage_study.py --reps 200 --pool 6000 --calibrator two_stage
+     .venv/bin/python benchmarks/coverage_study.py --world synthetic --reps 200 --estimators calibrated_ips snips
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cje"))
+from cje_synthetic import simulate, true_value  # noqa: E402
 from sim_bank import build_bank, draw  # noqa: E402
 
 from arena_cje.cje import ALL_ESTIMATORS, CJEDataset, EstimationConfig, estimate_policies  # noqa: E402
 
 _BANK = None
 _ARGS = None
+SYNTHETIC_TARGETS = ("pi_hot", "pi_better", "pi_worse")
 
 
 def _one(job: tuple[float, int]) -> pd.DataFrame:
     frac, r = job
-    lg, fr = draw(_BANK, _ARGS.n, frac, seed=100_000 + r, label=_ARGS.label)
+    if _ARGS.world == "synthetic":
+        d = simulate(n=_ARGS.n, oracle_fraction=frac, seed=50_000 + r, targets=SYNTHETIC_TARGETS)
+        lg, fr = d.logged, d.fresh
+    else:
+        lg, fr = draw(_BANK, _ARGS.n, frac, seed=100_000 + r, label=_ARGS.label)
     cfg = EstimationConfig(estimators=tuple(_ARGS.estimators), calibrator=_ARGS.calibrator)
     res = estimate_policies(CJEDataset.from_frames(lg, fr), cfg)
     e = res.estimates.copy()
@@ -61,10 +68,15 @@ def main() -> None:
     ap.add_argument("--label", default="exact", choices=["exact", "votes"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="optional CSV of every replication's rows")
+    ap.add_argument("--world", default="simulated", choices=["simulated", "synthetic"],
+                    help="synthetic: the closed-form DGP of tests/cje/cje_synthetic.py (good overlap, judge a sufficient surrogate)")
     _ARGS = a = ap.parse_args()
-    _BANK = bank = build_bank(a.pool, a.draws, tuple(a.policies), truth_draws=a.truth_draws, votes=a.label == "votes")
-    print(f"bank: {a.pool} prompts x {a.draws} draws x {len(a.policies)} policies in {bank.build_seconds:.0f} s", file=sys.stderr)
-    truth = {p: v for p, (v, _) in bank.truth.items()}
+    if a.world == "synthetic":
+        truth = {p: true_value(p) for p in SYNTHETIC_TARGETS}
+    else:
+        _BANK = bank = build_bank(a.pool, a.draws, tuple(a.policies), truth_draws=a.truth_draws, votes=a.label == "votes")
+        print(f"bank: {a.pool} prompts x {a.draws} draws x {len(a.policies)} policies in {bank.build_seconds:.0f} s", file=sys.stderr)
+        truth = {p: v for p, (v, _) in bank.truth.items()}
     jobs = [(f, r) for f in a.fractions for r in range(a.reps)]
     t0 = time.perf_counter()
     if a.workers > 1:
@@ -84,9 +96,12 @@ def main() -> None:
         coverage=("cover", "mean"), bias=("err", "mean"), rmse=("err", lambda x: float(np.sqrt(np.mean(x**2)))),
         mean_se=("std_error", "mean"), mc_sd=("estimate", "std"), refused=("refused", "mean"), median_df=("df", "median"))
     pd.set_option("display.width", 200)
-    print(f"n={a.n}, reps={a.reps}, pool={a.pool} prompts x {a.draws} draws, oracle label={a.label}, calibrator={a.calibrator}")
-    print("truth (pool, true_value_detail):", {p: f"{v:.4f} (MC se {s:.4f})" for p, (v, s) in bank.truth.items()})
-    print("bank means of Y:", {p: round(bank.bank_mean(p), 4) for p in a.policies})
+    if a.world == "synthetic":
+        print(f"synthetic world, n={a.n}, reps={a.reps}, truth (quadrature):", {p: round(v, 4) for p, v in truth.items()})
+    else:
+        print(f"n={a.n}, reps={a.reps}, pool={a.pool} prompts x {a.draws} draws, oracle label={a.label}, calibrator={a.calibrator}")
+        print("truth (pool, true_value_detail):", {p: f"{v:.4f} (MC se {s:.4f})" for p, (v, s) in bank.truth.items()})
+        print("bank means of Y:", {p: round(bank.bank_mean(p), 4) for p in a.policies})
     print("calibrator chosen:", df.drop_duplicates(["oracle_fraction", "rep"]).calibrator_chosen.value_counts().to_dict())
     print("median TTC:", df.groupby("policy").ttc.median().round(3).to_dict())
     print(tab.round(4).to_string())

@@ -262,3 +262,23 @@ def test_low_target_typicality_refuses_weights_only_rows():
     # Without token counts the diagnostic is NaN and nothing is refused for it.
     res2 = estimate_policies(CJEDataset.from_frames(d.logged, d.fresh), EstimationConfig(estimators=("snips",)))
     assert np.isnan(res2.weights["pi_hot"].ttc) and "typicality" not in res2.estimates.reasons.iloc[0]
+
+
+def test_sampling_jackknife_replaces_smaller_if_variance_with_its_df():
+    psi = np.array([0.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    v_if = np.var(psi, ddof=1) / len(psi)
+    bigger = t_interval(0.5, psi, None, 0.05, sampling_jackknife=(4 * v_if, 20))
+    assert bigger.var_if == pytest.approx(4 * v_if) and bigger.df == 19
+    assert bigger.ci_upper - 0.5 == pytest.approx(stats.t.ppf(0.975, 19) * 2 * np.sqrt(v_if))
+    smaller = t_interval(0.5, psi, None, 0.05, sampling_jackknife=(v_if / 4, 20))
+    assert smaller.var_if == pytest.approx(v_if) and smaller.df == len(psi) - 1
+
+
+def test_calibrated_ips_se_includes_simcal_refit_variance():
+    d = simulate(n=800, oracle_fraction=0.3, seed=31, targets=("pi_worse",))
+    res = estimate_policies(CJEDataset.from_frames(d.logged, d.fresh), EstimationConfig(estimators=("calibrated_ips",)))
+    out = res.outputs[("pi_worse", "calibrated_ips")]
+    v_jk, groups = out.extras["sampling_jackknife"]
+    assert groups == 20 and v_jk > 0
+    row = res.estimates.iloc[0]
+    assert row.var_if == pytest.approx(max(v_jk, out.psi.var(ddof=1) / out.n))
