@@ -102,3 +102,17 @@ def test_folds_are_stable_across_processes_and_balanced():
     assert outs == {"".join(map(str, here))}
     counts = np.bincount(here, minlength=5)
     assert counts.min() > 330  # roughly 400 each
+
+
+def test_prompt_length_is_derived_when_prompts_are_present():
+    logged = _logged(prompt=["what is two plus two", "hi"])
+    fresh = {"t": pd.DataFrame({"prompt_id": ["x1"], "prompt": ["what is two plus two"], "judge_score": [0.7],
+                                "draw_idx": [0], "response": ["a b"]})}
+    d = CJEDataset.from_frames(logged, fresh)
+    assert d.covariates == ("response_length", "prompt_length")
+    assert d.logged.prompt_length.tolist() == [5.0, 1.0]
+    assert d.fresh["t"].prompt_length.tolist() == [5.0]
+    # Without a prompt column only the response length is derived; asking for it explicitly names the way.
+    assert CJEDataset.from_frames(logged.drop(columns="prompt")).covariates == ("response_length",)
+    with pytest.raises(ValueError, match="prompt_length from prompt"):
+        CJEDataset.from_frames(logged.drop(columns="prompt"), covariates=("prompt_length",))

@@ -6,8 +6,9 @@ them into flat numeric frames and rejects malformed values with errors that name
 row and the field. Missing values (``None``/``NaN``) are kept as ``NaN``: a missing log-prob
 removes that row from the policy's importance weights and is counted, it is never imputed.
 
-Covariate ``response_length`` is the number of whitespace-separated words of the response
-(``len(response.split())``); it is cheap, backend-independent and monotone in token count.
+Derived covariates (for the two-stage calibrator): ``response_length`` and ``prompt_length``,
+the number of whitespace-separated words of the response / prompt (``len(text.split())``); cheap,
+backend-independent and monotone in token count. Any other covariate must be a column.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-KNOWN_COVARIATES = ("response_length",)
+#: covariate name -> the text column it is derived from (as its word count)
+DERIVED_COVARIATES = {"response_length": "response", "prompt_length": "prompt"}
+KNOWN_COVARIATES = tuple(DERIVED_COVARIATES)
+
+
+def word_count(texts: Sequence[Any]) -> np.ndarray:
+    """Word count of each text (``len(str.split())``); ``NaN`` for missing texts."""
+    return np.array([float(len(t.split())) if isinstance(t, str) else np.nan for t in texts], dtype=float)
 
 
 def response_length(responses: Sequence[Any]) -> np.ndarray:
-    """Word count of each response (``len(str.split())``); ``NaN`` for missing responses."""
-    return np.array(
-        [float(len(r.split())) if isinstance(r, str) else np.nan for r in responses], dtype=float
-    )
+    """Word count of each response; ``NaN`` for missing responses."""
+    return word_count(responses)
 
 
 def _numeric(values: pd.Series | Sequence[Any], frame: str, field_name: str, index: Sequence[Any]) -> np.ndarray:
@@ -79,14 +85,18 @@ def _covariates(df: pd.DataFrame, covariates: tuple[str, ...], frame: str, stric
     """Covariate columns; a covariate absent from a fresh/probe frame (``strict=False``) is NaN."""
     out: dict[str, np.ndarray] = {}
     for c in covariates:
-        if c == "response_length" and "response" in df.columns and "response_length" not in df.columns:
-            out[c] = response_length(df["response"].to_numpy(dtype=object))
+        source = DERIVED_COVARIATES.get(c)
+        if source is not None and source in df.columns and c not in df.columns:
+            out[c] = word_count(df[source].to_numpy(dtype=object))
         elif c in df.columns:
             out[c] = _numeric(df[c], frame, c, list(df.index))
         elif not strict:
             out[c] = np.full(len(df), np.nan)
         else:
-            raise ValueError(f"frame '{frame}': covariate '{c}' is neither a column nor derivable (need 'response' for response_length)")
+            raise ValueError(
+                f"frame '{frame}': covariate '{c}' is neither a column nor derivable "
+                f"(derivable: {', '.join(f'{k} from {v}' for k, v in DERIVED_COVARIATES.items())})"
+            )
     return out
 
 
@@ -147,7 +157,7 @@ class CJEDataset:
     logprobs: pd.DataFrame
     fresh: dict[str, pd.DataFrame]
     probes: dict[str, pd.DataFrame] = field(default_factory=dict)
-    covariates: tuple[str, ...] = ("response_length",)
+    covariates: tuple[str, ...] = KNOWN_COVARIATES
     n_dropped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -165,7 +175,7 @@ class CJEDataset:
         logged: pd.DataFrame,
         fresh_draws: Mapping[str, pd.DataFrame] | None = None,
         probes: Mapping[str, pd.DataFrame] | None = None,
-        covariates: tuple[str, ...] = ("response_length",),
+        covariates: tuple[str, ...] | None = None,
     ) -> "CJEDataset":
         """Validate and normalise frames in the reference library's JSONL layout.
 
@@ -176,8 +186,9 @@ class CJEDataset:
             fresh_draws: Policy -> frame with ``prompt_id``, ``judge_score``, ``draw_idx``,
                 optional ``oracle_label`` (and ``response`` for the length covariate).
             probes: Policy -> oracle-labelled probe frame (same columns, labels required).
-            covariates: Covariates for the two-stage calibrator; ``response_length`` is derived
-                from ``response`` when not given as a column.
+            covariates: Covariates for the two-stage calibrator; ``response_length`` and
+                ``prompt_length`` are derived from ``response`` / ``prompt`` when not given as
+                columns. ``None``: every derivable covariate whose text column the logged frame has.
 
         Rows whose judge score is missing are dropped and counted in ``n_dropped``; a missing
         ``base_policy_logprob`` or target log-prob stays NaN (excluded from that policy's weights).
@@ -185,9 +196,11 @@ class CJEDataset:
         Raises:
             ValueError: naming the frame, row and field of the first invalid value.
         """
-        covariates = tuple(covariates)
         if not isinstance(logged, pd.DataFrame):
             raise ValueError(f"frame 'logged': expected a pandas DataFrame, got {type(logged).__name__}")
+        if covariates is None:
+            covariates = tuple(c for c, source in DERIVED_COVARIATES.items() if source in logged.columns)
+        covariates = tuple(covariates)
         for col in ("judge_score",):
             if col not in logged.columns:
                 raise ValueError(f"frame 'logged': missing required column '{col}'")
