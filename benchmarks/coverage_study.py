@@ -34,6 +34,7 @@ from arena_cje.cje import ALL_ESTIMATORS, CJEDataset, EstimationConfig, estimate
 _BANK = None
 _ARGS = None
 SYNTHETIC_TARGETS = ("pi_hot", "pi_better", "pi_worse")
+COVARIATES = ("response_length",)  # a column of both worlds (no response text to derive it from)
 
 
 def _one(job: tuple[float, int]) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def _one(job: tuple[float, int]) -> pd.DataFrame:
     else:
         lg, fr = draw(_BANK, _ARGS.n, frac, seed=100_000 + r, label=_ARGS.label)
     cfg = EstimationConfig(estimators=tuple(_ARGS.estimators), calibrator=_ARGS.calibrator)
-    res = estimate_policies(CJEDataset.from_frames(lg, fr), cfg)
+    res = estimate_policies(CJEDataset.from_frames(lg, fr, covariates=COVARIATES), cfg)
     e = res.estimates.copy()
     e["oracle_fraction"] = frac
     e["rep"] = r

@@ -63,7 +63,7 @@ def synthetic_frames(n: int, policies: int, seed: int = 0) -> tuple[pd.DataFrame
 def big(n: int) -> None:
     logged, fresh = synthetic_frames(n, 4)
     t0 = time.perf_counter()
-    data = CJEDataset.from_frames(logged, fresh)
+    data = CJEDataset.from_frames(logged, fresh, covariates=("response_length",))  # a column here, no text to derive it from
     t1 = time.perf_counter()
     estimate_policies(data, EstimationConfig(estimators=ALL_ESTIMATORS, calibrator="auto"))
     t2 = time.perf_counter()

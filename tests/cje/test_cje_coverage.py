@@ -33,7 +33,7 @@ def test_direct_and_stacked_dr_cover_on_simulated_world_naive_does_not():
     rows = []
     for r in range(200):
         lg, fr = draw(bank, 1000, 0.25, seed=20_000 + r)
-        e = estimate_policies(CJEDataset.from_frames(lg, fr), cfg).estimates
+        e = estimate_policies(CJEDataset.from_frames(lg, fr, covariates=("response_length",)), cfg).estimates
         rows.append(e[["policy", "estimator", "estimate", "ci_lower", "ci_upper", "status"]])
     df = pd.concat(rows)
     t = df.policy.map(truth)
