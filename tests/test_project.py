@@ -99,3 +99,17 @@ def test_kedro_viz_layers_follow_the_data_flow():
         ins = [layer[d] for d in node.inputs if d in layer]
         outs = [layer[d] for d in node.outputs if d in layer]
         assert not ins or not outs or min(outs) >= max(ins), f"node {node.name} writes to an earlier layer than it reads"
+
+
+def test_committed_conf_local_files_change_no_parameter(tmp_path):
+    """The example file shipped in conf/local must not be picked up as parameters."""
+    import subprocess
+
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", conf / "base")
+    (conf / "local").mkdir()
+    tracked = subprocess.run(["git", "ls-files", "conf/local"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        shutil.copy(PROJECT_ROOT / name, conf / "local")
+    assert tracked, "conf/local should ship its README and example"
+    assert load_parameters(conf, env="local") == load_parameters(conf, env="base")
