@@ -42,7 +42,8 @@ Reporting rule (``EstimationConfig.transport_rule == "correct"``):
 * no probe and no oracle labels of the policy's own responses -> report B (``borrowed``), status
   ``warning``: the interval does not include the unmeasured transport error;
 * the policy's own fresh draws carry oracle labels (e.g. the logging policy) -> ``own_labels``
-  (the direct estimator's residual term already corrects with them; nothing is borrowed).
+  for every level estimator (the direct residual term and the DR corrections use those labels;
+  nothing is borrowed).
 
 Rows of ``naive``/``snips``/``calibrated_ips`` get ``level_source = not_borrowed`` (naive is on
 the judge scale; IPS applies f to the logging policy's own responses, where it was learned).
@@ -238,7 +239,9 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         policy, name = row["policy"], row["estimator"]
         if name not in LEVEL_ESTIMATORS:
             continue
-        if _own_labels(ctx, policy) and name == "direct":
+        if _own_labels(ctx, policy):
+            # Labels of the policy's own responses (the logging policy's calibration slice): the
+            # direct residual term and the DR corrections use them; nothing is borrowed.
             est.at[i, "level_source"] = "own_labels"
             continue
         est.at[i, "level_source"] = "borrowed"

@@ -12,7 +12,7 @@ from arena_cje.report import plot_forest  # noqa: F401  (moved to arena_cje.repo
 
 ESTIMATE_COLUMNS = [
     "policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
-    "truth", "status", "reasons", "ess_fraction",
+    "truth", "status", "reasons", "ess_fraction", "level_source",
 ]
 
 

@@ -352,11 +352,13 @@ def assemble_cje_dataset(
         base_policy_logprob, target_policy_logprobs{}`` (every policy, the logging one included),
         ``judge_score, oracle_label, metadata``;
         ``fresh_draws`` and ``probe_slices`` map each policy (saved as
-        ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt, response, judge_score, draw_idx[, oracle_label]``.
+        ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt,
+        response, judge_score, draw_idx, oracle_label, logprob, n_tokens`` (``logprob``: the
+        response's log-prob under its own policy, for the target-typicality diagnostic).
     """
     key = ["prompt_id", "policy", "draw_idx"]
     scored = (
-        responses[responses["error"].isna()][[*key, "response"]]
+        responses[responses["error"].isna()][[*key, "response", "logprob", "n_tokens"]]
         .merge(prompts[["prompt_id", "prompt", "split"]], on="prompt_id")
         .merge(judge_scores[[*key, "judge_score"]], on=key, how="left")
     )
@@ -378,10 +380,11 @@ def assemble_cje_dataset(
             ],
             "judge_score": [_none_if_nan(v) for v in logged["judge_score"]],
             "oracle_label": [_none_if_nan(v) for v in logged["oracle_label"]],
+            "n_tokens": [_none_if_nan(v) for v in logged["n_tokens"]],
             "metadata": [{"prompt_id": pid, "split": s, "policy": logging_policy} for pid, s in zip(logged["prompt_id"], logged["split"])],
         }
     )
-    draw_columns = ["prompt_id", "prompt", "response", "judge_score", "draw_idx", "oracle_label"]
+    draw_columns = ["prompt_id", "prompt", "response", "judge_score", "draw_idx", "oracle_label", "logprob", "n_tokens"]
     fresh_draws = {policy: group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
     probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][[*key, "oracle_label"]]
     probes = scored.drop(columns="oracle_label").merge(probe_labels, on=key, how="inner")
