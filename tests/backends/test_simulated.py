@@ -170,9 +170,10 @@ def test_ratings_are_integer_votes_tracking_y(backend, prompts, pi0_gens):
         ys.append(backend.true_quality(prompts[i], pi0_gens[i].text))
         means.append(np.mean(votes) / 10)
     ys, means = np.array(ys), np.array(means)
-    inner = (ys > 0.25) & (ys < 0.75)  # away from clipping
-    assert inner.sum() >= 10
-    assert np.max(np.abs(means[inner] - ys[inner])) < 0.03
+    # E[vote] / 10 = Y exactly, near 0 and 1 too (no clipping): 400 votes give SE <= 0.01 per item.
+    assert np.max(np.abs(means - ys)) < 0.04
+    assert abs(np.mean(means - ys)) < 0.01
+    assert (ys > 0.8).sum() >= 3  # the check covers responses near the top of the scale
     assert np.corrcoef(ys, means)[0, 1] > 0.97
 
 

@@ -77,6 +77,8 @@ def run_inputs():
     # Response texts name neither policy nor prompt id, so the export can be checked for leaks.
     rows = [(pid, pol, 0, f"Reply {rng.integers(10**9)}", None) for pid in prompts["prompt_id"] for pol in POLICIES]
     responses = pd.DataFrame(rows, columns=["prompt_id", "policy", "draw_idx", "response", "error"])
+    responses["n_tokens"] = responses["response"].str.split().str.len() + 1  # + end of turn
+    responses["logprob"] = -0.7 * responses["n_tokens"]
     responses.loc[5, ["response", "error"]] = ["", "timeout"]  # a failed generation is never labelled
     judge = responses[["prompt_id", "policy", "draw_idx"]].assign(judge_score=rng.random(len(responses)))
     logprobs = responses[["prompt_id", "policy"]].assign(logprob=-rng.random(len(responses)) * 50)

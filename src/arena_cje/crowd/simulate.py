@@ -25,16 +25,15 @@ class CrowdConfig:
 
     Attributes:
         n_workers: Size of the pool (each task gets ``votes_per_item`` distinct workers).
-        noisy_fraction: Share of workers who add N(0, ``noise_sd``) to the vote they would give.
+        noisy_fraction: Share of careless workers: their rating is Binomial(span, honest share), so
+            unbiased but noisier (SD up to sqrt(span) / 2 rating points).
         spammer_fraction: Share of workers who answer uniformly at random, ignoring the content.
-        noise_sd: Noise of noisy workers, in rating points.
         duplicate_rate: Chance that a submission is sent twice (a double click on the platform).
     """
 
     n_workers: int = 20
     noisy_fraction: float = 0.15
     spammer_fraction: float = 0.1
-    noise_sd: float = 2.5
     duplicate_rate: float = 0.01
 
 
@@ -104,7 +103,9 @@ def simulate_platform_ratings(
             if not np.isnan(gold_cap):
                 rating = float(rng.integers(int(rating_min), int(gold_cap) + 1))
             if kinds[worker] == "noisy":
-                rating += rng.normal(0.0, config.noise_sd)
+                # mean-preserving and bounded: careless, not biased (biased raters are a real
+                # problem too, but one the gold checks are for, like spammers)
+                rating = rating_min + float(rng.binomial(int(span), (rating - rating_min) / span))
             elif kinds[worker] == "spammer":
                 rating = float(rng.integers(int(rating_min), int(rating_max) + 1))
             rating = int(np.clip(round(rating), rating_min, rating_max))

@@ -13,7 +13,7 @@ are read.  Conventions chosen here:
   model itself only ever emits single spaces).
 * The judge ignores ``JudgeSpec.model``/``rubric``/``temperature``: its score is a deterministic
   function of the (prompt, response) pair (its noise is a hash of the pair).
-* Raters: vote = clip(round(10 Y + e), 0, 10), e ~ N(0, rater_noise_sd^2) i.i.d., so the mean vote
+* Raters: vote ~ BetaBinomial(10, kappa Y, kappa (1 - Y)) i.i.d., so the mean vote
   / 10 is unbiased for Y up to rounding and clipping at 0 and 10.
 """
 
@@ -51,7 +51,7 @@ from arena_cje.backends.simulated.world import (
 )
 
 #: Bump when the world's formulas change: it is part of the on-disk true-value cache key.
-WORLD_VERSION = "sim-world-3"
+WORLD_VERSION = "sim-world-4"
 _DOMAIN_GENERATE = 0x47454E
 _DOMAIN_TRUTH = 0x545255
 
@@ -71,14 +71,14 @@ class SimulatedBackend:
         judge_noise_sd: SD of the judge's hashed noise on its latent (logit) scale.
         hidden_quality_sd: Weight of the quality the judge cannot see (``WorldModel.hidden_quality``)
             in the true quality's logit: the main source of judge-vs-truth disagreement.
-        rater_noise_sd: SD of a human vote around ``10 Y`` (in vote points).
+        rater_concentration: kappa of the raters' beta-binomial votes (smaller = more disagreement).
         table_cache_size: Number of (prompt, policy) logit tables kept in memory.
         truth_chunk: Sequences generated per vectorised chunk in ``true_value``.
     """
 
     def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
-                 judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_noise_sd: float = 1.5, table_cache_size: int = 6000,
+                 judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_concentration: float = 20.0, table_cache_size: int = 6000,
                  truth_chunk: int = 4096) -> None:
         self.seed = int(seed)
         self.adversarial_keyword = str(adversarial_keyword)
@@ -88,7 +88,7 @@ class SimulatedBackend:
         self.logit_scale = float(logit_scale)
         self.judge_noise_sd = float(judge_noise_sd)
         self.hidden_quality_sd = float(hidden_quality_sd)
-        self.rater_noise_sd = float(rater_noise_sd)
+        self.rater_concentration = float(rater_concentration)
         self.truth_chunk = int(truth_chunk)
         self.world = WorldModel(seed=self.seed, logit_scale=self.logit_scale, cache_size=table_cache_size)
         self._truth_cache: dict[str, tuple[float, float]] = {}
@@ -100,7 +100,7 @@ class SimulatedBackend:
         return {"version": WORLD_VERSION, "seed": self.seed, "adversarial_keyword": self.adversarial_keyword,
                 "logit_scale": self.logit_scale, "judge_noise_sd": self.judge_noise_sd,
                 "hidden_quality_sd": self.hidden_quality_sd,
-                "rater_noise_sd": self.rater_noise_sd}
+                "rater_concentration": self.rater_concentration}
 
     def features(self, prompt: str) -> PromptFeatures:
         """Prompt features (memoised)."""
@@ -244,15 +244,17 @@ class SimulatedBackend:
                 for s in scores]
 
     def rate(self, prompt: str, response: str, n_votes: int, seed: int) -> list[int]:
-        """``n_votes`` integer 0-10 votes: clip(round(10 Y + e), 0, 10), e ~ N(0, rater_noise_sd^2).
+        """``n_votes`` integer 0-10 votes, each ``Binomial(10, p)`` with ``p ~ Beta(kappa Y, kappa (1 - Y))``.
 
-        Mean vote / 10 is unbiased for Y apart from rounding (negligible) and clipping (pulls Y
-        near 0 or 1 towards the middle).
+        ``E[vote] / 10 = Y`` exactly (no clipping bias, so the oracle scale is the truth's scale);
+        raters disagree most on middling responses (vote SD about 1.9 at Y = 0.5 for kappa = 20)
+        and agree on clearly good or bad ones.
         """
-        y = self.true_quality(prompt, response)
+        y = float(np.clip(self.true_quality(prompt, response), 1e-9, 1 - 1e-9))
         rng = np.random.default_rng([self.seed, int(seed) & 0xFFFFFFFF, hash64("rate", prompt, response)])
-        votes = np.clip(np.round(10.0 * y + rng.normal(0.0, self.rater_noise_sd, int(n_votes))), 0, 10)
-        return [int(v) for v in votes]
+        a, b = self.rater_concentration * y, self.rater_concentration * (1.0 - y)
+        # one rater after another, so the first k of n votes equal the k votes of a smaller call
+        return [int(rng.binomial(10, rng.beta(a, b))) for _ in range(int(n_votes))]
 
     # ------------------------------------------------------------------ true values
     def _truth_key(self, policy: PolicySpec, prompts: list[str]) -> str:
