@@ -83,7 +83,8 @@ def policy_verdicts(
                 direction = ("better than" if r["ci_lower"] > 0 else "worse than" if r["ci_upper"] < 0
                              else "no clear difference from")
                 text += f", {{q}}: {direction} {baseline}"
-        parts = [p.strip() for r in reasons for p in r.split(";") if p.strip()]
+        # A difference row repeats the policy's own reasons as "<policy>: ..."; say them once.
+        parts = [p.strip().removeprefix(f"{policy}: ") for r in reasons for p in r.split(";") if p.strip()]
         qualifier = "reliable" if status == "reliable" else "use with caution (" + "; ".join(dict.fromkeys(parts)) + ")"
         text = text.replace(", {q}", f" ({name}), {qualifier}") if "{q}" in text else f"{text} ({name}), {qualifier}"
         rows.append({"policy": policy, "estimator": name, "status": status, "verdict": text})
