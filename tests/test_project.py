@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -113,3 +114,24 @@ def test_committed_conf_local_files_change_no_parameter(tmp_path):
         shutil.copy(PROJECT_ROOT / name, conf / "local")
     assert tracked, "conf/local should ship its README and example"
     assert load_parameters(conf, env="local") == load_parameters(conf, env="base")
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_works_offline(tmp_path):
+    """`kedro viz build` renders the project's graph into a static site, without network."""
+    import os
+    import subprocess
+    import sys
+
+    project = copy_project(tmp_path)
+    shutil.copy(PROJECT_ROOT / ".telemetry", project)
+    kedro = Path(sys.executable).parent / "kedro"
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run([str(kedro), "viz", "build"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    site = project / "build"
+    assert (site / "index.html").is_file()
+    graph = (site / "api" / "main").read_text()
+    for node in ("generate_responses", "judge_responses", "assemble_cje_dataset", "estimate_policy_values"):
+        assert node in graph
+    assert "circular" not in result.stdout + result.stderr  # layers render
