@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -13,50 +12,10 @@ import arena_cje.pipelines.labeling.nodes as labeling_nodes
 from arena_cje.crowd import RawFile
 from arena_cje.pipelines.labeling.pipeline import create_export_pipeline, create_import_pipeline, create_pipeline
 
-from kedro.io import DataCatalog, MemoryDataset
-from kedro.runner import SequentialRunner
+from ..crowd.fakes import FakeWorld
+from .helpers import run_in_memory
 
 POLICIES = ["pi_0", "pi_hot", "pi_cot", "pi_concise"]
-
-
-class FakeWorld:
-    """Stand-in for SimulatedTruth: quality from a hash of the response, votes 10 q + N(0, 1)."""
-
-    def true_quality(self, prompt: str, response: str) -> float:
-        return (zlib.crc32(response.encode()) % 1000) / 999
-
-    def true_value(self, policy, prompts):  # pragma: no cover - protocol completeness
-        raise NotImplementedError
-
-    def rate(self, prompt: str, response: str, n_votes: int, seed: int) -> list[int]:
-        rng = np.random.default_rng(seed)
-        q = self.true_quality(prompt, response)
-        return [int(np.clip(round(10 * q + rng.normal(0, 1)), 0, 10)) for _ in range(n_votes)]
-
-
-class _KeptDataset(MemoryDataset):
-    """A MemoryDataset the runner cannot release, so intermediate results can be inspected."""
-
-    def _release(self) -> None:
-        pass
-
-
-def run_in_memory(pipeline, inputs, parameters):
-    """Like tests/pipelines/helpers.run_in_memory, but keeping intermediate datasets too
-    (the runner releases those before the helper reads them)."""
-    catalog = DataCatalog()
-    for name in pipeline.datasets():
-        if name.startswith("params:"):
-            value = parameters
-            for part in name.removeprefix("params:").split("."):
-                value = value[part]
-            catalog[name] = _KeptDataset(value)
-        elif name in inputs:
-            catalog[name] = _KeptDataset(inputs[name])
-        else:
-            catalog[name] = _KeptDataset()
-    SequentialRunner().run(pipeline, catalog)
-    return {name: catalog[name].load() for name in pipeline.all_outputs()}
 
 
 @pytest.fixture
