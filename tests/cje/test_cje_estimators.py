@@ -171,7 +171,7 @@ def test_paired_differences_share_prompts():
 def test_transport_audit_refuses_biased_policy_only():
     d = simulate(n=1000, oracle_fraction=0.25, seed=4, judge_bias={"pi_worse": 0.25}, probe_size=60)
     res = estimate_policies(CJEDataset.from_frames(d.logged, d.fresh, d.probes),
-                            EstimationConfig(estimators=("naive", "direct", "stacked_dr")))
+                            EstimationConfig(estimators=("naive", "direct", "stacked_dr"), transport_rule="refuse"))
     assert not res.transport["pi_worse"].passed and res.transport["pi_hot"].passed and res.transport["pi_better"].passed
     e = res.estimates.set_index(["policy", "estimator"])
     assert e.loc[("pi_worse", "direct"), "status"] == "refused" and "transport audit failed" in e.loc[("pi_worse", "direct"), "reasons"]
@@ -202,7 +202,8 @@ def test_arena_sample_flags_unhelpful(arena_sample):
     fresh = {p.name.removesuffix("_responses.jsonl"): pd.read_json(p, lines=True) for p in (arena_sample / "fresh_draws").glob("*.jsonl")}
     probes = {p.name.removesuffix("_probe.jsonl"): pd.read_json(p, lines=True) for p in (arena_sample / "probe_slice").glob("*.jsonl")}
     res = estimate_policies(CJEDataset.from_frames(logged, fresh, probes),
-                            EstimationConfig(estimators=("naive", "snips", "calibrated_ips", "direct", "stacked_dr")))
+                            EstimationConfig(estimators=("naive", "snips", "calibrated_ips", "direct", "stacked_dr"),
+                                             transport_rule="refuse"))
     assert not res.transport["unhelpful"].passed
     assert res.transport["clone"].passed and res.transport["parallel_universe_prompt"].passed
     e = res.estimates

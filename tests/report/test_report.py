@@ -33,7 +33,7 @@ def run():
     d = simulate(n=1500, oracle_fraction=0.3, seed=3, judge_bias={"pi_worse": 0.25}, probe_size=60,
                  fresh_labels_for_logging=True)
     data = CJEDataset.from_frames(d.logged, fresh_draws=d.fresh, probes=d.probes)
-    result = estimate_policies(data, EstimationConfig.from_params({"estimators": ["naive", "snips", "direct"]}))
+    result = estimate_policies(data, EstimationConfig.from_params({"estimators": ["naive", "snips", "direct"], "transport_rule": "refuse"}))
     truth = pd.DataFrame({"policy": ["pi_0", "pi_hot", "pi_better", "pi_worse"]})
     truth["truth"] = [true_value(p) for p in truth["policy"]]
     estimates = result.estimates.merge(truth, on="policy", how="left")

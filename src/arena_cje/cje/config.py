@@ -50,10 +50,10 @@ class EstimationConfig:
         n_bootstrap: Cluster-bootstrap replicates refitting the calibrator (0 = IF-based CIs).
         seed: Seed for the bootstrap and any randomised step.
         transport_margin: Probe audit tolerance on |mean residual| of the calibration.
-        transport_rule: ``refuse``: a failed probe audit refuses the policy's calibrated rows;
-            ``correct``: level rows (direct, DR family) report the probe-corrected value when the
+        transport_rule: ``correct`` (default): level rows (direct, DR family) report the probe-corrected value when the
             audit fails and the bias-aware combination when it passes, and rows without a probe are
-            warned (``arena_cje.cje.transport``).
+            warned (``arena_cje.cje.transport``); ``refuse``: a failed probe audit refuses the
+            policy's calibrated rows.
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.
@@ -68,7 +68,7 @@ class EstimationConfig:
     n_bootstrap: int = 0
     seed: int = 0
     transport_margin: float = 0.05
-    transport_rule: str = "refuse"
+    transport_rule: str = "correct"
     baseline: str | None = None
     reliability_bins: int = 10
     gates: Gates = field(default_factory=Gates)
