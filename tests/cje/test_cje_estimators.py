@@ -283,3 +283,15 @@ def test_calibrated_ips_se_includes_simcal_refit_variance():
     assert groups == 20 and v_jk > 0
     row = res.estimates.iloc[0]
     assert row.var_if == pytest.approx(max(v_jk, out.psi.var(ddof=1) / out.n))
+
+
+def test_calibrators_predict_nothing_for_no_rows():
+    """Small runs leave cross-fitting folds empty; prediction on them must not fail."""
+    from arena_cje.cje.calibration import make_calibrator
+
+    rng = np.random.default_rng(0)
+    s, x = rng.random(60), rng.integers(5, 50, size=(60, 1)).astype(float)
+    y = np.clip(s + rng.normal(0, 0.1, 60), 0, 1)
+    for name in ("isotonic", "two_stage"):
+        model = make_calibrator(name).fit(s, x, y)
+        assert model.predict(np.empty(0), np.empty((0, 1))).shape == (0,)

@@ -56,6 +56,8 @@ class IsotonicCalibrator:
         return self
 
     def predict(self, judge: np.ndarray, covs: np.ndarray | None = None) -> np.ndarray:
+        if len(judge) == 0:  # an empty fold (small runs): sklearn rejects 0 rows
+            return np.empty(0)
         return np.clip(self.iso_.predict(judge), self.lo_, self.hi_)
 
 
@@ -100,6 +102,8 @@ class TwoStageCalibrator:
         return (lo + hi) / (2.0 * len(self.h_sorted_))
 
     def predict(self, judge: np.ndarray, covs: np.ndarray | None = None) -> np.ndarray:
+        if len(judge) == 0:  # an empty fold (small runs): sklearn's transformers reject 0 rows
+            return np.empty(0)
         h = self.ridge_.predict(self._features(judge, covs))
         return np.clip(self.iso_.predict(self._rank(h)), self.lo_, self.hi_)
 
