@@ -295,3 +295,15 @@ def test_calibrators_predict_nothing_for_no_rows():
     for name in ("isotonic", "two_stage"):
         model = make_calibrator(name).fit(s, x, y)
         assert model.predict(np.empty(0), np.empty((0, 1))).shape == (0,)
+
+
+def test_constant_oracle_labels_refuse_every_calibrated_row():
+    d = simulate(n=300, oracle_fraction=0.5, seed=5)
+    logged = d.logged.copy()
+    logged.loc[logged["oracle_label"].notna(), "oracle_label"] = 0.5
+    res = estimate_policies(CJEDataset.from_frames(logged, d.fresh, d.probes),
+                            EstimationConfig(estimators=("naive", "snips", "direct", "dr_cpo")))
+    calibrated = res.estimates[res.estimates["estimator"] != "naive"]
+    assert (calibrated["status"] == "refused").all()
+    assert calibrated["reasons"].str.contains("oracle labels equal 0.5").all()
+    assert (res.estimates.loc[res.estimates["estimator"] == "naive", "status"] == "warning").all()

@@ -11,7 +11,8 @@ by the probe-corrected level (``transport_rule="correct"``, see ``transport.py``
 Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction of the weights they
 use is below ``ess_refuse`` and warned below ``ess_warn``; a raw-weight Hill index below
 ``hill_warn`` warns SNIPS; judge-score overlap below ``overlap_warn`` warns direct and DR rows;
-fewer than ``min_labels`` oracle labels refuses all calibrated rows.
+fewer than ``min_labels`` oracle labels, or oracle labels that are all equal, refuse all calibrated
+rows.
 
 Paired differences theta_A - theta_B (same estimator) use the prompts both policies' contributions
 share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
@@ -130,6 +131,13 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     if name != "naive" and ctx.cal is not None and ctx.cal.diagnostics.n_labelled < g.min_labels:
         out.refused = True
         out.reasons.append(f"only {ctx.cal.diagnostics.n_labelled} oracle labels (< {g.min_labels})")
+    labels = ctx.data.logged["oracle_label"].dropna()
+    if name != "naive" and len(labels) and labels.nunique() == 1:
+        # A constant oracle carries no information: every calibrated value would be that constant
+        # with a zero standard error, which reads as certainty.
+        out.refused = True
+        out.reasons.append(f"all {len(labels)} oracle labels equal {labels.iloc[0]:g}: the calibration cannot "
+                           "tell better responses from worse")
     pw = ctx.weights(est.policy) if est.uses_weights else None
     if pw is not None:
         d = pw.diagnostics
