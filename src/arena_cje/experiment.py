@@ -40,7 +40,7 @@ def backend_from_params(backend: Mapping[str, Any]) -> Backend:
 
     The instance is cached so the nodes of one run share it (a local model loads once).
     """
-    return _cached_backend(json.dumps(_plain(backend), sort_keys=True))
+    return _cached_backend(json.dumps(to_plain(backend), sort_keys=True))
 
 
 @lru_cache(maxsize=4)
@@ -51,12 +51,12 @@ def _cached_backend(key: str) -> Backend:
     return make_backend(config["name"], **(config.get("options") or {}))
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers and tuples -> plain JSON-able python objects."""
+def to_plain(value: Any) -> Any:
+    """Mappings and sequences (OmegaConf containers, tuples) -> plain JSON-able python objects."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 

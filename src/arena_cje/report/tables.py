@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from arena_cje.experiment import to_plain
+
 
 def flatten_parameters(parameters: Mapping[str, Any], prefix: str = "") -> pd.DataFrame:
     """The configuration as one table: dotted ``parameter`` name -> ``value`` (JSON for lists)."""
@@ -18,19 +20,11 @@ def flatten_parameters(parameters: Mapping[str, Any], prefix: str = "") -> pd.Da
             for k, v in value.items():
                 walk(v, f"{key}.{k}" if key else str(k))
         else:
-            text = value if isinstance(value, str) else json.dumps(_plain(value))
+            text = value if isinstance(value, str) else json.dumps(to_plain(value))
             rows.append({"parameter": key, "value": text.strip()})
 
     walk(parameters, prefix)
     return pd.DataFrame(rows, columns=["parameter", "value"])
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def differences_vs_baseline(policy_differences: pd.DataFrame, baseline: str) -> pd.DataFrame:
