@@ -108,6 +108,26 @@ def test_figures_draw_the_data(run):
     plt.close("all")
 
 
+def test_weight_plot_draws_unit_and_missing_tails_without_numeric_warnings(run):
+    """A clone's unit weights have Hill alpha = inf; too few weights give NaN. Both are drawn, labelled."""
+    import dataclasses
+    import warnings
+
+    result, _, _ = run
+    base = next(iter(result.weights.values()))
+    weights = {"unit": dataclasses.replace(base, policy="unit", hill_alpha=float("inf")),
+               "few": dataclasses.replace(base, policy="few", hill_alpha=float("nan"), ess_simcal=float("nan"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fig = plot_weight_diagnostics(weights)
+        fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[2].texts]
+    assert labels == ["∞ (no tail)", "n/a"]
+    heights = [p.get_height() for p in fig.axes[2].patches]
+    assert np.isfinite(heights).all() and heights[0] > 2.0 and heights[1] == 0.0
+    plt.close("all")
+
+
 class _Sections(HTMLParser):
     """Text, images and tables per <section id=...>."""
 

@@ -186,8 +186,16 @@ def plot_weight_diagnostics(weights: Mapping[str, Any], hill_warn: float = 2.0) 
     bx.set_ylabel("ESS / n")
     bx.set_title("Effective sample size")
     bx.legend(fontsize="small")
-    hill = [weights[p].hill_alpha for p in policies]
-    cx.bar(x, hill, color=["tab:red" if h < hill_warn else "tab:green" for h in hill])
+    hill = np.array([weights[p].hill_alpha for p in policies], dtype=float)
+    # alpha = inf (unit weights: no tail) or NaN (too few weights) cannot be drawn; show a capped
+    # bar labelled with the value instead (an infinite bar broke matplotlib's transforms).
+    finite = hill[np.isfinite(hill)]
+    cap = 1.5 * max(float(finite.max()) if finite.size else 0.0, hill_warn)
+    shown = np.where(np.isposinf(hill), cap, np.where(np.isfinite(hill), hill, 0.0))
+    cx.bar(x, shown, color=["tab:red" if h < hill_warn else "tab:green" for h in hill])
+    for xi, h in enumerate(hill):
+        if not np.isfinite(h):
+            cx.annotate("∞ (no tail)" if h > 0 else "n/a", (xi, shown[xi]), ha="center", va="bottom", fontsize=7)
     cx.axhline(hill_warn, color="black", linestyle="--", linewidth=1, label=f"α = {hill_warn:g}")
     cx.set_xticks(x, policies, rotation=20)
     cx.set_ylabel("Hill tail index α")
