@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+from arena_cje.cje import CJEDataset, EstimationConfig, EstimationResult, estimate_policies
 
 TARGETS = ("clone", "parallel_universe_prompt", "unhelpful")
 NON_ADVERSARIAL = ("base", "clone", "parallel_universe_prompt")
@@ -100,10 +100,55 @@ def load(data_dir: Path) -> tuple[pd.DataFrame, dict, dict, dict[str, float]]:
     probes = {p.name.removesuffix("_probe.jsonl"): _read(p) for p in sorted((data_dir / "probe_slice").glob("*.jsonl"))}
     for df in (logged, *fresh.values(), *probes.values()):
         df["prompt_length"] = df["prompt"].str.split().str.len().astype(float)
-    truth = {p.name.removesuffix("_responses.jsonl"): float(_read(p)["oracle_label"].dropna().mean())
-             for p in sorted((data_dir / "ground_truth").glob("*.jsonl"))}
-    truth["base"] = float(fresh["base"]["oracle_label"].dropna().mean())
+    labels = {p.name.removesuffix("_responses.jsonl"): _read(p)["oracle_label"].dropna().to_numpy(dtype=float)
+              for p in sorted((data_dir / "ground_truth").glob("*.jsonl"))}
+    labels["base"] = fresh["base"]["oracle_label"].dropna().to_numpy(dtype=float)
+    truth = {p: float(y.mean()) for p, y in labels.items()}
+    TRUTH_SE.update({p: float(y.std(ddof=1) / np.sqrt(y.size)) for p, y in labels.items()})
     return logged, fresh, probes, truth
+
+
+#: Standard error of each ground-truth value (sd of its oracle labels / sqrt(their number)); filled by load().
+TRUTH_SE: dict[str, float] = {}
+
+
+def noise_floor(res: EstimationResult, logged: pd.DataFrame, fresh: dict, truth: dict[str, float], bar: float = 0.015) -> list[str]:
+    """How precisely can the truth be hit at all, and how narrow can an honest interval be? Markdown lines.
+
+    The truth is itself a sample mean (SE_t = sd(labels)/sqrt(n_labels)); an unbiased estimate with
+    standard error SE_e then misses it by error ~ N(0, SE_t^2 + SE_e^2), so
+    P(|error| <= bar) = 2 Phi(bar / sqrt(SE_t^2 + SE_e^2)) - 1 is the best any method can expect.
+
+    Two parts of any borrowed level's uncertainty, each shown as a 95% half-width: the fresh draws'
+    sampling, 1.96 sqrt(Var_G(g_hat)/G) (between-prompt variance of the calibrated mean g_hat(X)), and
+    the calibration's level, 1.96 sqrt(MSE_oof/n_L) (residual variance of the chosen calibrator,
+    out-of-fold, over the number of labels it learned from). An interval close to the first alone
+    has left the second out (the two can partly cancel through shared prompts, so their root sum of
+    squares is a guide, not a bound).
+    """
+    from scipy import stats
+
+    cal = res.calibration
+    # g_hat per prompt = the borrowed direct estimator's contributions (no probes: nothing is combined).
+    borrowed = estimate_policies(CJEDataset.from_frames(logged, fresh, {}, covariates=("response_length", "prompt_length")),
+                                 EstimationConfig(estimators=("direct",), calibrator="auto"))
+    lines = [f"| policy | truth | SE of truth | SE of our estimate | sd of error | P(abs error <= {bar}) for an unbiased method "
+             "| half-width from fresh draws alone | from the calibration's level alone |",
+             "|---|---|---|---|---|---|---|---|"]
+    est = res.estimates
+    rows = est[(est.estimator == "stacked_dr") & est.policy.isin(TARGETS)]
+    for _, r in rows.iterrows():
+        sd = float(np.hypot(TRUTH_SE[r.policy], r.std_error))
+        p = 2 * stats.norm.cdf(bar / sd) - 1
+        g = borrowed.outputs[(r.policy, "direct")].psi
+        hw_fresh = 1.96 * np.sqrt(g.var(ddof=1) / len(g))
+        hw_cal = 1.96 * cal.oof_rmse / np.sqrt(cal.n_labelled)
+        lines.append(f"| {r.policy} | {truth[r.policy]:.3f} | {TRUTH_SE[r.policy]:.4f} | {r.std_error:.4f} | {sd:.4f} | {p:.2f} "
+                     f"| {hw_fresh:.3f} | {hw_cal:.3f} |")
+    same = float(np.hypot(TRUTH_SE["base"], TRUTH_SE["clone"]))
+    lines += ["", f"base and clone are one policy, yet their two truths differ by {truth['clone'] - truth['base']:+.3f} "
+              f"(SE of that difference {same:.4f}, i.e. {(truth['clone'] - truth['base']) / same:+.1f} SE)."]
+    return lines
 
 
 def subset_labels(logged: pd.DataFrame, fresh: dict, keep: set[str]) -> tuple[pd.DataFrame, dict]:
@@ -118,12 +163,12 @@ def subset_labels(logged: pd.DataFrame, fresh: dict, keep: set[str]) -> tuple[pd
     return lg, fr
 
 
-def run_ours(logged: pd.DataFrame, fresh: dict, probes: dict, calibrator: str) -> tuple[pd.DataFrame, float]:
-    """Our estimates (transport_rule='correct'); returns rows and wall seconds (validation included)."""
+def run_ours(logged: pd.DataFrame, fresh: dict, probes: dict, calibrator: str) -> tuple[EstimationResult, float]:
+    """Our estimates (transport_rule='correct'); returns the result and wall seconds (validation included)."""
     t = time.perf_counter()
     data = CJEDataset.from_frames(logged, fresh, probes, covariates=("response_length", "prompt_length"))
     res = estimate_policies(data, EstimationConfig(estimators=OUR_ESTIMATORS, calibrator=calibrator, transport_rule="correct"))
-    return res.estimates, time.perf_counter() - t
+    return res, time.perf_counter() - t
 
 
 def ensure_venv(version: str) -> Path | None:
@@ -230,8 +275,10 @@ def main() -> None:
         extra = {"fraction": frac, "seed": seed}
         lg, fr = subset_labels(logged, fresh, keep)
         for cal in ("isotonic", "auto"):
-            est, sec = run_ours(lg, fr, probes, cal)
-            rows += ours_rows(est, f"ours[{cal}]", sec, extra)
+            res, sec = run_ours(lg, fr, probes, cal)
+            if frac == 1.0 and cal == "auto":
+                full_auto = res
+            rows += ours_rows(res.estimates, f"ours[{cal}]", sec, extra)
         for v, py in refs.items():
             got = run_reference(py, v, args.data, keep)
             name = f"cje-eval {v} " + ("direct" if v.startswith("0.9") else "stacked-dr")
@@ -264,6 +311,7 @@ def main() -> None:
         lines.append(f"| {m} | {t.error.abs().max():.3f} | {t.half_width.mean():.3f} | {na.half_width.mean():.3f} | "
                      f"{t.covers.mean() if t.half_width.notna().any() else float('nan'):.2f} | {int(g[g.policy.isin(TARGETS)].refused.sum())} | "
                      f"{rank_accuracy(g, truth):.2f} |")
+    lines += ["", "### Noise floor (all 480 labels; our estimate = ours[auto] stacked_dr)", "", *noise_floor(full_auto, logged, fresh, truth)]
     sweep = df[(df.fraction < 1.0) & df.policy.isin(TARGETS)]
     lines += ["", f"## Oracle-fraction sweep ({args.seeds} seeds per fraction; rows = reported target-policy estimates)", "",
               "| fraction | method | MAE | MAE non-adv. | coverage | mean CI half-width | refused | rank acc. | seconds |",
