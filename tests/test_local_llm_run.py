@@ -25,7 +25,7 @@ def test_local_llm_environment_runs_the_whole_experiment(tmp_path):
         "prompts": {"output_samples": 3, "pool_size": 50},
         "policy_defaults": {"max_tokens": 12},
         "labeling": {"probe_size": 2},
-        "backend": {"options": {"token_store": str(project / "data/02_intermediate/tokens.sqlite")}},
+        "backend": {"local_transformers": {"token_store": str(project / "data/02_intermediate/tokens.sqlite")}},
     }
     with KedroSession.create(project_path=project, env="local_llm", runtime_params=params) as session:
         session.run()

@@ -4,6 +4,8 @@
   reproduces generation log-probs, one verdict per policy (exit code 1 unless all pass).
 * ``kedro cje-status [--env ENV]``: per stage and policy, what the durable request record holds:
   completed, failed, tokens, cost so far.
+* ``kedro cje-dry-run [--env ENV] [--params ...]``: calls, tokens and cost per stage and policy that
+  ``kedro run`` would send, without sending anything.
 
 ``run`` is re-exported because ``python -m arena_cje`` looks it up here once this module exists.
 """
@@ -14,15 +16,26 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
+import requests
+from kedro.config import MissingConfigException
 from kedro.framework.cli.project import run  # noqa: F401 - used by arena_cje.__main__
-from kedro.framework.cli.utils import env_option
+from kedro.framework.cli.utils import _split_params, env_option
 from kedro.framework.project import settings
 
 from arena_cje.backends.base import generate_batch, teacher_force_batch
 from arena_cje.backends.store import RequestStore
-from arena_cje.experiment import backend_from_params, judge_spec, policy_specs
+from arena_cje.dry_run import format_plan, plan_run
+from arena_cje.experiment import (
+    MissingCredentialsError,
+    backend_config,
+    backend_from_params,
+    judge_spec,
+    policy_specs,
+    resolve_backend_params,
+)
 
 #: Prompts for the self-check: short, and ending in punctuation (the token-merge case).
 CHECK_PROMPTS = (
@@ -37,9 +50,28 @@ def cli() -> None:
     """Arena CJE project commands."""
 
 
-def _params(env: str | None) -> dict[str, Any]:
-    session = settings.SESSION_CLASS.create(env=env, save_on_close=False)
-    return dict(session.load_context().params)
+def _params(env: str | None, extra_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's parameters with the ``backend`` block resolved as the run's nodes get it."""
+    session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
+    context = session.load_context()
+    params = dict(context.params)
+    try:
+        credentials = context.config_loader["credentials"]
+    except MissingConfigException:
+        credentials = {}
+    params["backend"] = resolve_backend_params(params["backend"], context.project_path, credentials, context.env)
+    return params
+
+
+def reachable(base_url: str, timeout: float = 10.0) -> str | None:
+    """``None`` if ``base_url``'s host answers HTTP at all (any status), else why not, in one line."""
+    host = urlsplit(base_url).netloc or base_url
+    try:
+        requests.get(f"{base_url.rstrip('/')}/models", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        return f"cannot reach {host} ({reason}): check the network and backend.openai_compatible.base_url"
+    return None
 
 
 def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[str], bool]:
@@ -52,13 +84,12 @@ def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[st
     Returns:
         ``(lines to print, all passed)``.
     """
-    backend_params = params["backend"]
-    options = dict(backend_params.get("options") or {})
+    name, options = backend_config(params["backend"])
     # The check never writes to the experiment's durable record.
-    if backend_params.get("name") == "openai_compatible":
+    if name == "openai_compatible":
         options["store_path"] = None
         options.setdefault("progress", False)
-    backend = backend_from_params({**dict(backend_params), "options": options})
+    backend = backend_from_params({"name": name, name: options})
     prompts = list(CHECK_PROMPTS[: max(1, n_samples)])
     lines, ok = [], True
     for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():
@@ -127,9 +158,20 @@ def status_lines(store_path: str | Path, budget_usd: float | None = None) -> lis
 @cli.command("check-models")
 @env_option
 @click.option("--n-samples", default=2, show_default=True, help="Responses checked per policy.")
-def check_models_command(env: str | None, n_samples: int) -> None:
+@click.option("--params", "extra_params", type=click.UNPROCESSED, default="", callback=_split_params,
+              help="Parameter overrides as for `kedro run --params`.")
+def check_models_command(env: str | None, n_samples: int, extra_params: dict[str, Any]) -> None:
     """Verify model access and that teacher forcing reproduces generation log-probs."""
-    lines, ok = check_models(_params(env), n_samples=n_samples)
+    try:
+        params = _params(env, extra_params)
+    except MissingCredentialsError as exc:
+        raise click.ClickException(str(exc)) from None
+    name, options = backend_config(params["backend"])
+    if name == "openai_compatible":
+        problem = reachable(options["base_url"])
+        if problem:
+            raise click.ClickException(problem)
+    lines, ok = check_models(params, n_samples=n_samples)
     for line in lines:
         click.echo(line)
     click.echo("ALL PASS" if ok else "SOME CHECKS DID NOT PASS (see above)")
@@ -141,13 +183,54 @@ def check_models_command(env: str | None, n_samples: int) -> None:
 @env_option
 def cje_status_command(env: str | None) -> None:
     """Show what each stage has done per policy: counts, failures, cost so far."""
-    params = _params(env)
-    options = (params.get("backend") or {}).get("options") or {}
+    store_path, options = _store_path(env)
+    if not store_path:
+        click.echo("backend.openai_compatible.store_path is empty: no durable request record is kept")
+        return
+    for line in status_lines(store_path, options.get("budget_usd")):
+        click.echo(line)
+
+
+def _store_path(env: str | None, extra_params: Mapping[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
+    """The request record's path (absolute) and the backend options; credentials not needed."""
+    session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
+    context = session.load_context()
+    name, options = backend_config(context.params["backend"])
+    if name != "openai_compatible":
+        return None, options
     from arena_cje.backends.openai_compatible import DEFAULT_STORE_PATH
 
     store_path = options.get("store_path", DEFAULT_STORE_PATH)
-    if not store_path:
-        click.echo("backend.options.store_path is empty: no durable request record is kept")
-        return
-    for line in status_lines(store_path, options.get("budget_usd")):
+    if store_path and not Path(store_path).is_absolute():
+        store_path = str(Path(context.project_path) / store_path)
+    return store_path, options
+
+
+@cli.command("cje-dry-run")
+@env_option
+@click.option("--params", "extra_params", type=click.UNPROCESSED, default="", callback=_split_params,
+              help="Parameter overrides as for `kedro run --params`, e.g. prompts.output_samples=200.")
+def cje_dry_run_command(env: str | None, extra_params: dict[str, Any]) -> None:
+    """Print the calls, tokens and cost per stage and policy a run would send; send nothing."""
+    session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
+    context = session.load_context()
+    params = dict(context.params)
+    prompt_chars = None
+    try:
+        prompts = context.catalog.load("prompts")
+        n = int(params["prompts"]["output_samples"])
+        if len(prompts) >= n:
+            prompt_chars = prompts["prompt"].head(n).str.len().tolist()
+    except Exception:  # noqa: BLE001 - no prompt table yet: the Arena mean is used
+        prompt_chars = None
+    rows = plan_run(params, prompt_chars)
+    store_path, options = _store_path(env, extra_params)
+    done: dict[tuple[str, str], int] = {}
+    if store_path and Path(store_path).exists():
+        with RequestStore(store_path) as store:
+            done = {(r.stage, r.policy): r.done for r in store.summary()}
+    source = "the run's prompt table" if prompt_chars is not None else "the mean length of Arena prompts"
+    click.echo(f"dry run for env {env or 'local'}: backend {backend_config(params['backend'])[0]}, "
+               f"prompt lengths from {source}")
+    for line in format_plan(rows, options.get("budget_usd"), done):
         click.echo(line)

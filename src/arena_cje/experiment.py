@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from arena_cje.backends import Backend, JudgeSpec, PolicySpec, make_backend
+from arena_cje.backends import PATH_OPTIONS, Backend, JudgeSpec, PolicySpec, backend_class, check_options, make_backend
+
+
+class MissingCredentialsError(ValueError):
+    """The chosen backend names an API key source and none of them holds a key."""
 
 
 def policy_specs(policies: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any] | None = None) -> dict[str, PolicySpec]:
@@ -35,20 +41,83 @@ def judge_spec(judge: Mapping[str, Any]) -> JudgeSpec:
     return JudgeSpec(**dict(judge))
 
 
+def backend_config(backend: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The chosen backend's name and its own options block (``backend.<name>``), checked.
+
+    Raises:
+        ValueError: ``backend.name`` is missing or unknown, the old shared ``backend.options``
+            block is used, or the chosen block has an option its backend does not take.
+    """
+    if "name" not in backend:
+        raise ValueError("parameters: `backend.name` is missing")
+    name = str(backend["name"])
+    if "options" in backend:
+        raise ValueError(
+            f"parameters: `backend.options` is no longer read; put the options of backend {name!r} under "
+            f"`backend.{name}` (each backend has its own block, so one backend's options never reach another)"
+        )
+    options = dict(to_plain(backend.get(name) or {}))
+    check_options(name, {k: v for k, v in options.items() if k != "credentials"}, backend_class(name))
+    return name, options
+
+
+def resolve_backend_params(
+    backend: Mapping[str, Any],
+    project_path: str | Path | None = None,
+    credentials: Mapping[str, Any] | None = None,
+    env: str | None = None,
+) -> dict[str, Any]:
+    """The ``backend`` block ready to build: paths absolute, credentials looked up.
+
+    * Relative path options (:data:`arena_cje.backends.PATH_OPTIONS`) are joined to
+      ``project_path``, as Kedro does for the catalog's file paths: a run started from
+      ``notebooks/`` uses the same request record and caches as one started from the root.
+    * ``credentials: NAME`` in the chosen block names an entry of Kedro's credentials
+      (``NAME: {api_key: ...}`` in ``conf/<env>/credentials.yml``, git-ignored); its ``api_key``
+      is passed to the backend unless the ``api_key_env`` environment variable is set, which
+      wins (the backend reads it).
+
+    Raises:
+        MissingCredentialsError: the block names a credentials entry or an ``api_key_env`` and
+            neither holds a key (one line naming both places).
+    """
+    name, options = backend_config(backend)
+    if project_path is not None:
+        for key in PATH_OPTIONS.get(name, ()):
+            value = options.get(key)
+            if isinstance(value, str) and value and value != "auto" and not Path(value).expanduser().is_absolute():
+                options[key] = str(Path(project_path) / value)
+    entry_name = options.pop("credentials", None)
+    if entry_name is not None or options.get("api_key_env"):
+        entry = (credentials or {}).get(entry_name) if entry_name else None
+        key = entry.get("api_key") if isinstance(entry, Mapping) else None
+        variable = options.get("api_key_env")
+        if variable and os.environ.get(variable):
+            pass  # the backend reads it
+        elif key:
+            options["api_key"] = str(key)
+        elif not options.get("api_key"):
+            places = [f"the {variable} environment variable"] if variable else []
+            if entry_name:
+                places.append(f"`{entry_name}: {{api_key: ...}}` in conf/{env or '<env>'}/credentials.yml")
+            raise MissingCredentialsError(f"no API key for backend {name!r}: set {' or '.join(places)}")
+    return {"name": name, name: options}
+
+
 def backend_from_params(backend: Mapping[str, Any]) -> Backend:
     """Return the backend described by the ``backend`` parameter block (one instance per config).
 
     The instance is cached so the nodes of one run share it (a local model loads once).
     """
-    return _cached_backend(json.dumps(to_plain(backend), sort_keys=True))
+    name, options = backend_config(backend)
+    options.pop("credentials", None)  # resolved into api_key by resolve_backend_params
+    return _cached_backend(json.dumps({"name": name, "options": options}, sort_keys=True))
 
 
 @lru_cache(maxsize=4)
 def _cached_backend(key: str) -> Backend:
     config = json.loads(key)
-    if "name" not in config:
-        raise ValueError("parameters: `backend.name` is missing")
-    return make_backend(config["name"], **(config.get("options") or {}))
+    return make_backend(config["name"], **config["options"])
 
 
 def to_plain(value: Any) -> Any:

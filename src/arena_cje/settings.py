@@ -4,7 +4,7 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from arena_cje.hooks import NOISY_MODULES, NodeTimingHook, QuietWarningsHook
+from arena_cje.hooks import NOISY_MODULES, BackendParamsHook, NodeTimingHook, QuietWarningsHook
 
 # Third-party libraries emit deprecation notices on every command; they are not actionable for
 # users of this project, so they are hidden (our own code's warnings still show).
@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 # `kedro run --pipeline NAME` is this project's documented usage; Kedro 1.7 prefers --pipelines.
 warnings.filterwarnings("ignore", message="Option '--pipeline' is deprecated")
 
-HOOKS = (QuietWarningsHook(), NodeTimingHook())
+HOOKS = (QuietWarningsHook(), NodeTimingHook(), BackendParamsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

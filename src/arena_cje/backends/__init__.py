@@ -1,12 +1,16 @@
 """Backends produce responses, teacher-forced log-probs and judge scores.
 
 Chosen by configuration (``backend.name`` in ``conf/base/parameters.yml``); each one is a class
-whose constructor takes the ``backend.options`` block as keyword arguments.
+whose constructor takes the block named after it (``backend.<name>``) as keyword arguments. Only
+the chosen backend's block is read, so one backend's options never reach another when
+environments soft-merge (``conf/base`` keeps the simulated backend's block in every environment).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from arena_cje.backends.base import (
@@ -27,8 +31,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def make_backend(name: str, **options: Any) -> Backend:
-    """Instantiate the backend registered under ``name`` with ``options``.
+#: name -> options that are file paths; relative ones are resolved against the project root, so a
+#: run started from another folder (``notebooks/``) finds the same durable records and caches.
+PATH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "simulated": ("cache_dir",),
+    "openai_compatible": ("store_path",),
+    "local_transformers": ("cache_dir", "token_store"),
+}
+
+
+def backend_class(name: str) -> type:
+    """The class registered under ``name`` (imports its module).
 
     Raises:
         ValueError: ``name`` is not a known backend.
@@ -36,12 +49,38 @@ def make_backend(name: str, **options: Any) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"backend.name: unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     module_name, class_name = BACKENDS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_options(name: str, options: Mapping[str, Any], cls: type | None = None) -> None:
+    """Raise if ``options`` holds a key the constructor of backend ``name`` does not take.
+
+    Raises:
+        ValueError: naming the unknown key(s), the backend and the keys it accepts.
+    """
+    cls = cls or backend_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"backend.{name}: unknown option(s) {unknown} for backend {name!r}; it accepts {accepted}"
+        )
+
+
+def make_backend(name: str, **options: Any) -> Backend:
+    """Instantiate the backend registered under ``name`` with ``options`` (checked first).
+
+    Raises:
+        ValueError: ``name`` is not a known backend, or an option is not one of its own.
+    """
+    cls = backend_class(name)
+    check_options(name, options, cls)
     return cls(**options)
 
 
 __all__ = [
     "BACKENDS",
+    "PATH_OPTIONS",
     "Backend",
     "Generation",
     "JudgeSpec",
@@ -49,5 +88,7 @@ __all__ = [
     "PolicySpec",
     "SimulatedTruth",
     "TeacherForced",
+    "backend_class",
+    "check_options",
     "make_backend",
 ]

@@ -150,7 +150,7 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
 
 
 def resolve_model(model: str, cache_dir: Path) -> tuple[str, str]:
-    """Map ``backend.options.model`` to ``(what from_pretrained loads, source kind)``.
+    """Map ``backend.local_transformers.model`` to ``(what from_pretrained loads, source kind)``.
 
     Kinds: ``gguf`` (converted once into ``cache_dir``), ``folder`` (a local transformers folder),
     ``hub-cache`` (a hub name already in the local Hugging Face cache; never downloaded).
@@ -160,7 +160,7 @@ def resolve_model(model: str, cache_dir: Path) -> tuple[str, str]:
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"backend.options.model: GGUF file {path} not found")
+            raise FileNotFoundError(f"backend.local_transformers.model: GGUF file {path} not found")
         return str(convert_gguf(path, cache_dir)), "gguf"
     if path.is_dir():
         return str(path), "folder"
@@ -331,7 +331,7 @@ class LocalTransformersBackend:
         progress: bool = True,
     ) -> None:
         if batch_size < 1:
-            raise ValueError("backend.options.batch_size must be >= 1")
+            raise ValueError("backend.local_transformers.batch_size must be >= 1")
         self.model_name = model
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.batch_size = batch_size
