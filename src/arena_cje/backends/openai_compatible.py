@@ -207,24 +207,26 @@ def echo_text_start(tokens: Sequence[str], text: str) -> int | None:
     return None
 
 
-def locate_span(tokens: Sequence[str], target: str, lowest: int = 0) -> int | None:
-    """Index ``j >= lowest`` such that ``tokens[j:]`` spell exactly ``target``, searching from the end.
+def locate_span(tokens: Sequence[str], text: str, start: int, first: int = 0) -> int | None:
+    """Index ``j`` where the echo of ``text`` splits into ``text[:start]`` and ``text[start:]``.
 
-    ``None`` when no such token boundary exists (the target's first characters were merged with
-    the text before it into one token).
+    ``tokens[first:]`` are the echo's tokens of ``text`` (``first`` is 1 when the server put a BOS
+    token first). ``tokens[j:]`` must spell exactly ``text[start:]`` and ``tokens[first:j]``
+    exactly ``text[:start]``; ``j`` is at least 1 (the first token of an echo has no log-prob).
+    Searched from the end. ``None`` when no token boundary falls there (the first characters of
+    ``text[start:]`` were merged with the text before into one token), or when replacement
+    characters let two boundaries spell it (a multi-byte character split around the boundary:
+    which bytes are the prompt's cannot be told).
     """
-    need = len(target)
-    for j in range(len(tokens) - 1, lowest - 1, -1):
+    target, head = text[start:], text[:start]
+    found = []
+    for j in range(len(tokens) - 1, max(first, 1) - 1, -1):
         tail = tokens[j:]
-        if _literal_chars(tail) > need:
-            return None
-        if spells(tail, target):
-            if j > 0 and tokens[j].startswith("\ufffd") and tokens[j - 1].endswith("\ufffd"):
-                # A multi-byte character may straddle the boundary: which bytes belong to the
-                # prompt cannot be told from replacement characters. Not a verified boundary.
-                return None
-            return j
-    return None
+        if _literal_chars(tail) > len(target):
+            break
+        if spells(tail, target) and spells(tokens[first:j], head):
+            found.append(j)
+    return found[0] if len(found) == 1 else None
 
 
 def rescale_logprob(
@@ -885,11 +887,7 @@ class OpenAICompatibleBackend:
         if start == len(full):
             raise ValueError("nothing to score: empty response cut at max_tokens (no end of turn)")
         echo, pt, ct, cost = self._echo(full, policy, usage)
-        # The first token of a text has no log-prob; after a server-added BOS it has one.
-        lowest = echo.first if echo.first > 0 else 1
-        first = locate_span(echo.tokens, full[start:], lowest)
-        if first is not None and not spells(echo.tokens[echo.first:first], full[:start]):
-            first = None  # the tokens before the span must spell the prompt part exactly
+        first = locate_span(echo.tokens, full, start, echo.first)
         if first is not None:
             usage["two_call"] = 0.0
             logprob, bound, raw = self._scored(echo, first, policy.temperature)
@@ -898,7 +896,8 @@ class OpenAICompatibleBackend:
         # after their common prefix (identical contexts give identical log-probs).
         usage["two_call"] = 1.0
         head, pt2, ct2, cost2 = self._echo(full[:start], policy, usage)
-        common = max(lowest, _common_prefix(echo, head))
+        # The first token of a text has no log-prob; after a server-added BOS it has one.
+        common = max(echo.first, 1, _common_prefix(echo, head))
         total_full, bound_full, raw = self._scored(echo, common, policy.temperature)
         total_head, bound_head, _ = (0.0, 0.0, []) if common >= len(head.tokens) else self._scored(head, common, policy.temperature)
         return (total_full - total_head, bound_full + bound_head, len(echo.tokens) - common, raw,

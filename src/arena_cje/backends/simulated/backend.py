@@ -19,11 +19,10 @@ are read.  Conventions chosen here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
