@@ -106,15 +106,17 @@ def test_simulated_backend_accepts_ended_and_refuses_an_impossible_one():
     from arena_cje.backends.simulated.backend import SimulatedBackend
 
     sim = SimulatedBackend(seed=3)
-    policy = PolicySpec("pi_s", temperature=0.8, max_tokens=8)
-    gens = sim.generate_batch(["What is two plus two?"] * 6, policy, list(range(6)))
+    policy = PolicySpec("pi_s", temperature=0.8, max_tokens=40)
+    gens = sim.generate_batch(["What is two plus two?"] * 8, policy, list(range(8)))
     ended = [not g.usage["truncated"] for g in gens]
-    with_flags = teacher_force_batch(sim, ["What is two plus two?"] * 6, [g.text for g in gens], policy, ended)
+    assert 0 < sum(ended) < len(ended)  # both cases present
+    with_flags = teacher_force_batch(sim, ["What is two plus two?"] * 8, [g.text for g in gens], policy, ended)
     assert [t.logprob for t in with_flags] == pytest.approx([g.logprob for g in gens], abs=1e-12)
-    full = next(g for g in gens if g.usage["truncated"]) if any(g.usage["truncated"] for g in gens) else None
-    if full is not None:  # a response of max_tokens words cannot have ended
-        bad = sim.teacher_force("What is two plus two?", full.text, policy, ended=True)
-        assert bad.logprob is None and "no end of turn" in bad.error
+    cut = gens[ended.index(False)]
+    bad = sim.teacher_force("What is two plus two?", cut.text, policy, ended=True)
+    assert bad.logprob is None and "no end of turn" in bad.error  # max_tokens words cannot have ended
+    done = gens[ended.index(True)]
+    assert sim.teacher_force("What is two plus two?", done.text, policy, ended=False).logprob > done.logprob
 
 
 # ------------------------------------------------------------------------------ 2. span by verified text

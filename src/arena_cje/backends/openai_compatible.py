@@ -764,8 +764,10 @@ class OpenAICompatibleBackend:
         return spec
 
     def _judge_spec(self, judge: JudgeSpec) -> dict[str, Any]:
-        spec = {**asdict(judge), "base_url": self.base_url}
-        if self.judge_response_format != "none":
+        spec: dict[str, Any] = {**asdict(judge), "base_url": self.base_url}
+        if self.judge_response_format == "none":
+            spec["json_mode"] = False  # the key earlier records were made under: they stay valid
+        else:
             spec["response_format"] = self.judge_response_format
         return spec
 
