@@ -385,3 +385,18 @@ def test_self_check_passes_on_responses_cut_at_max_tokens(tmp_path):
         report = backend(srv, tmp_path, store_path=None).self_check(policy, ["Explain tides.", "Why?"])
     assert report.verdict == "PASS", report.details
     assert all("cut at max_tokens" in d for d in report.details if d.startswith("ok"))
+
+
+# ------------------------------------------------------------------------------ undecoded token texts
+
+
+def test_undecoded_byte_level_and_sentencepiece_tokens_still_spell_the_text():
+    from arena_cje.backends.openai_compatible import echo_text_start, token_text_variants
+
+    text = "Hi café\nthere"
+    byte_level = ["Hi", "Ġcaf", "Ã©", "Ċ", "there"]  # GPT-2 byte-level pieces, undecoded
+    assert echo_text_start(byte_level, text) is None
+    assert any(echo_text_start(v, text) == 0 for v in token_text_variants(byte_level))
+    sentencepiece = ["<s>", "▁Hi", "▁café", "<0x0A>", "there"]  # dummy prefix, byte fallback
+    assert any(echo_text_start(v, text) == 1 for v in token_text_variants(sentencepiece))
+    assert not any(echo_text_start(v, "Hi cafe\nthere") is not None for v in token_text_variants(byte_level))

@@ -195,6 +195,43 @@ def _literal_chars(tokens: Sequence[str]) -> int:
     return sum(len(t) - t.count("\ufffd") for t in tokens)
 
 
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2 byte-level BPE's printable stand-in character -> byte (its ``bytes_to_unicode`` inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_LEVEL = _byte_level_decoder()
+_SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_text_variants(tokens: Sequence[str]) -> list[list[str]]:
+    """Readings of echoed tokens that some servers return undecoded, most likely first.
+
+    Decoded text as is; GPT-2 byte-level BPE pieces (``"Ġthe"`` for ``" the"``), each decoded alone;
+    SentencePiece pieces (``"▁the"``, ``"<0x0A>"``), with the leading dummy-prefix space dropped.
+    A reading is used only when it spells the text sent exactly.
+    """
+    variants = [list(tokens)]
+    if all(all(ch in _BYTE_LEVEL for ch in t) for t in tokens):
+        variants.append([bytes(_BYTE_LEVEL[ch] for ch in t).decode("utf-8", "replace") for t in tokens])
+    if any("\u2581" in t or _SP_BYTE.search(t) for t in tokens):
+        pieces = [_SP_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]).decode("utf-8", "replace"),
+                               t.replace("\u2581", " ")) for t in tokens]
+        variants.append(pieces)
+        # The text's first piece (after a BOS) may carry SentencePiece's dummy-prefix space.
+        for i in range(min(2, len(pieces))):
+            if pieces[i].startswith(" "):
+                variants.append([*pieces[:i], pieces[i][1:], *pieces[i + 1:]])
+    return variants
+
+
 def echo_text_start(tokens: Sequence[str], text: str) -> int | None:
     """Index of the echo's first token of ``text``: 0, or 1 when the server put a BOS token the
     client did not send first; ``None`` when the echo does not spell ``text`` (no echo)."""
@@ -380,13 +417,17 @@ class CheckReport:
 class _Echo:
     """Echoed log-probs of one text, normalised across reply shapes.
 
-    ``first`` is the index of the text's first token (1 when the server put a BOS token first).
+    ``tokens`` are the token texts as they spell the text (decoded when the server returned raw
+    byte-level or SentencePiece pieces), ``raw`` as the server returned them (the keys of
+    ``tops``); ``first`` is the index of the text's first token (1 when the server put a BOS token
+    first).
     """
 
     tokens: list[str]
     values: list[Any]
     tops: list[Any]
     first: int
+    raw: list[str] = field(default_factory=list)
 
 
 #: JSON schema of the judge's reply for servers with structured output.
@@ -871,7 +912,8 @@ class OpenAICompatibleBackend:
             raw.append(float(value))
             if rescale:
                 top = tops[i] if i < len(tops) and isinstance(tops[i], Mapping) else None
-                estimate, half = rescale_logprob(float(value), tokens[i], top, temperature, self.vocab_size)
+                name = echo.raw[i] if echo.raw else tokens[i]
+                estimate, half = rescale_logprob(float(value), name, top, temperature, self.vocab_size)
                 total, bound = total + estimate, bound + half
             else:
                 total += float(value)
@@ -1235,14 +1277,18 @@ def _parse_echo(data: Mapping[str, Any], text: str) -> _Echo:
         if not all(isinstance(t, str) for t in tokens):
             seen.append(f"{where} has non-text tokens")
             continue
-        first = echo_text_start(tokens, text)
-        if first is None:
+        for reading in token_text_variants(tokens):
+            first = echo_text_start(reading, text)
+            if first is not None:
+                break
+        else:
             seen.append(f"{where} has {len(tokens)} tokens that do not spell the text sent")
             continue
         tops = block.get("top_logprobs")
         if not isinstance(tops, list) or len(tops) != len(tokens):
             tops = [None] * len(tokens)
-        return _Echo(list(tokens), list(values), list(tops), first)
+        # Top-k entries stay keyed by the server's token text, as the scored token is looked up there.
+        return _Echo(reading, list(values), list(tops), first, list(tokens))
     found = "; ".join(seen) if seen else "no choices"
     raise MalformedResponseError(
         f"no echo of the text sent in the completions reply ({found}): the server ignored echo=True "
