@@ -43,7 +43,7 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
 def run_batch(url: str, n: int, concurrency: int, store_path: str | None, tag: str) -> tuple[float, list]:
     backend = OpenAICompatibleBackend(
         base_url=url, store_path=store_path, concurrency=concurrency, progress=False,
-        api_key_env="ARENA_BENCH_NO_KEY", credentials_path="/nonexistent", timeout=30,
+        api_key_env="ARENA_BENCH_NO_KEY", timeout=30,
     )
     policy = PolicySpec("pi_bench", model="fake-llm", temperature=0.7, system_prompt="Be brief.", max_tokens=32)
     prompts = [f"{tag} benchmark prompt {i}?" for i in range(n)]

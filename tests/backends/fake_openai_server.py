@@ -4,20 +4,48 @@ The "model" is a deterministic bigram model over a GPT-style regex tokenizer: th
 position are a seeded random vector over a virtual vocabulary of ``VOCAB`` ids, seeded by the
 previous token; a token's id is a hash of its text. Everything is therefore reproducible and the
 exact full-vocabulary log-probs (at any temperature) are available to tests through
-:meth:`FakeModel.logprob` to check the client against known truth.
+:meth:`FakeModel.logprob` and :func:`echo_tokens` to check the client against known truth.
 
 The tokenizer merges one leading punctuation/space character with the following letters, like the
 cl100k / Llama 3 pre-tokenizer (``"?Hello"`` is one token): the token-merge case of teacher forcing.
 
-Endpoints: ``POST /v1/chat/completions`` (generation, with token log-probs and top-k), ``POST
-/v1/completions`` (``echo=True, max_tokens=0`` only: prompt log-probs, top-k, text offsets),
-``GET /v1/models``. Chat messages are written with the Llama 3 template (its own copy).
+Endpoints: ``POST /v1/chat/completions`` (generation, with token log-probs and top-k; a reply is
+cut at ``max_tokens`` tokens with ``finish_reason: "length"``), ``POST /v1/completions``
+(``echo=True, max_tokens=0`` only: prompt log-probs, top-k, text offsets), ``GET /v1/models``.
+Chat messages are written with the Llama 3 template (its own copy).
+
+Quirks of real servers, each switched on by a constructor argument (off by default; the default
+server answers exactly like OpenAI's legacy completions API):
+
+* ``bos="<|begin_of_text|>"``: the echo starts with a BOS token the client never sent, and the
+  offsets count its text (vLLM: offsets are cumulative decoded-token lengths starting at BOS).
+* ``offsets="bytes"`` (UTF-8 byte offsets) or ``offsets="decoded"`` (cumulative lengths of the
+  decoded token texts, vLLM's way); default ``"chars"`` (character offsets into the sent text).
+* ``split_utf8=True``: a token holding a multi-byte character is split inside that character and
+  each piece is decoded alone, so its text holds U+FFFD replacement characters (byte-level BPE
+  decoded token by token, as vLLM does); decoded-length offsets then drift.
+* ``top_extra=True``: ``top_logprobs`` holds the k best alternatives *plus* the scored token when it
+  is not among them (vLLM; Fireworks documents "up to logprobs+1" entries).
+* ``echo_noise=sd``: every request perturbs the logits with N(0, sd) noise (non-deterministic
+  batched inference: identical requests return different log-probs).
+* ``chat_eot_entry=True``: chat log-probs end with the end-of-turn entry when the reply ended
+  (vLLM; OpenAI omits it).
+* ``echo_shape="together"``: the echoed log-probs come under the top-level ``prompt[0].logprobs``
+  (tokens and token_logprobs only) and ``choices[0].logprobs`` is empty (Together's reply shape);
+  ``"ignored"``: the server ignores ``echo`` and returns the log-probs of generated tokens only;
+  ``"empty"``: ``choices[0].logprobs`` is null.
+* ``reject_echo=True``: ``echo`` is refused with HTTP 400 "Only no echo is supported" (llama.cpp).
+* ``omit_usage=True``: no ``usage`` block in any reply.
+* ``fault_rates={"truncated": 0.05, "drop": 0.05}``: random faults per request (seeded).
 
 Faults, per request: a scripted queue (``server.script.append("429")``) consumed in arrival order,
-and markers in the request text (``FAULT:500``) applied every time. Fault names: ``429`` (with
-``Retry-After: server.retry_after``), ``500``, ``503``, ``400``, ``400ctx``, ``401``, ``403``,
+markers in the request text (``FAULT:500``) applied every time, and ``fault_rates``. Fault names:
+``429`` (with ``Retry-After: server.retry_after``), ``429ms`` (with ``retry-after-ms:
+server.retry_after_ms``), ``408``, ``409``, ``500``, ``503``, ``400``, ``400ctx``, ``401``, ``403``,
 ``404``, ``timeout`` (answers after ``server.hang`` s), ``drop`` (closes the connection without
-answering), ``malformed`` (200 with a broken JSON body), ``badshape`` (200, JSON without choices).
+answering), ``cut`` (sends half the body, then closes the connection), ``truncated`` / ``malformed``
+(200 with a JSON body cut in half, complete as an HTTP message), ``badshape`` (200, JSON without
+choices), ``finish_error`` (200 whose choice has ``finish_reason: "error"`` and no content).
 
 Run standalone (for benchmarks): ``python fake_openai_server.py --latency 0.2`` prints ``PORT <n>``.
 """
@@ -59,11 +87,36 @@ LLAMA3_SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\n{}<|eot_id|>"
 LLAMA3_USER = "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
 LLAMA3_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 LLAMA3_EOT = "<|eot_id|>"
+LLAMA3_BOS = "<|begin_of_text|>"
+ONLY_NO_ECHO = "Only no echo is supported"  # llama.cpp server's message
 
 
 def tokenize(text: str) -> list[tuple[str, int]]:
     """Tokens with their character offsets."""
     return [(m.group(0), m.start()) for m in TOKEN_RE.finditer(text)]
+
+
+def pieces(text: str, split_utf8: bool = False) -> list[tuple[str, str, int, int]]:
+    """``(key, shown, char_offset, byte_offset)`` for every token of ``text``.
+
+    ``key`` identifies the token for the model; ``shown`` is its text as a server returns it. With
+    ``split_utf8`` a token holding a multi-byte character is split after the first byte of that
+    character and each piece is decoded alone (``errors="replace"``), as a byte-level BPE
+    tokenizer decoded token by token shows it.
+    """
+    out: list[tuple[str, str, int, int]] = []
+    for tok, off in tokenize(text):
+        byte_off = len(text[:off].encode("utf-8"))
+        raw = tok.encode("utf-8")
+        first_wide = next((i for i, ch in enumerate(tok) if ord(ch) > 127), None)
+        if not split_utf8 or first_wide is None:
+            out.append((tok, tok, off, byte_off))
+            continue
+        cut = len(tok[:first_wide].encode("utf-8")) + 1  # inside the multi-byte character
+        a, b = raw[:cut], raw[cut:]
+        out.append(("\x00" + a.hex(), a.decode("utf-8", "replace"), off, byte_off))
+        out.append(("\x00" + b.hex(), b.decode("utf-8", "replace"), off + first_wide, byte_off + cut))
+    return out
 
 
 class FakeModel:
@@ -86,20 +139,34 @@ class FakeModel:
         dist = z - np.logaddexp.reduce(z)
         return dist, np.argsort(-dist)
 
-    def distribution(self, prev: str, temperature: float = 1.0) -> np.ndarray:
-        """Full log-softmax(z / T) over the virtual vocabulary after token ``prev``."""
-        return self._distribution(prev, float(temperature))[0]
+    def distribution(self, prev: str, temperature: float = 1.0, noise: np.ndarray | None = None) -> np.ndarray:
+        """Full log-softmax(z / T) over the virtual vocabulary after token ``prev``.
+
+        ``noise`` is added to the logits first (a non-deterministic server).
+        """
+        if noise is None:
+            return self._distribution(prev, float(temperature))[0]
+        z = (self._logits(prev) + noise) / float(temperature)
+        return z - np.logaddexp.reduce(z)
 
     def logprob(self, prev: str, token: str, temperature: float = 1.0) -> float:
         return float(self.distribution(prev, temperature)[self.token_id(token)])
 
-    def top(self, prev: str, token: str, k: int, temperature: float = 1.0) -> dict[str, float]:
-        """Top-k alternatives; the scored token appears under its own text, others as ``<vN>``."""
-        dist, order = self._distribution(prev, float(temperature))
+    def top(self, prev: str, token: str, k: int, temperature: float = 1.0, extra: bool = False,
+            noise: np.ndarray | None = None, shown: str | None = None) -> dict[str, float]:
+        """Top-k alternatives; the scored token appears under its own text, others as ``<vN>``.
+
+        With ``extra`` the scored token is added when it is not among the k best (k+1 entries).
+        """
+        dist = self.distribution(prev, temperature, noise)
+        order = np.argsort(-dist)
         own = self.token_id(token)
+        name = token if shown is None else shown
         out: dict[str, float] = {}
         for idx in order[:k]:
-            out[token if idx == own else f"<v{idx}>"] = float(dist[idx])
+            out[name if idx == own else f"<v{idx}>"] = float(dist[idx])
+        if extra and name not in out:
+            out[name] = float(dist[own])
         return out
 
     def text_logprobs(self, text: str, temperature: float = 1.0) -> list[tuple[str, int, float | None]]:
@@ -112,23 +179,47 @@ class FakeModel:
 
     @staticmethod
     def reply(prompt: str, system: str, temperature: float, seed: int, max_tokens: int) -> str:
-        """Deterministic 'sampled' reply text."""
+        """Deterministic 'sampled' reply text (before any cut at ``max_tokens`` tokens)."""
         rng = np.random.default_rng(zlib.crc32(f"{prompt}\x00{system}\x00{temperature}\x00{seed}".encode()))
         n = int(rng.integers(3, 12))
         words = [WORDS[int(i)] for i in rng.integers(0, len(WORDS), n)][: max(1, max_tokens)]
         return (words[0].capitalize() + "".join(" " + w for w in words[1:]) + ".") if words else ""
 
 
+def echo_tokens(text: str, temperature: float = 1.0, bos: str | None = None,
+                split_utf8: bool = False) -> list[tuple[str, str, float | None]]:
+    """What the fake server's echo scores for ``text``: ``(key, shown, log-prob)`` per token.
+
+    The BOS token (when the server adds one) and the first token of a text have no log-prob.
+    """
+    model = FakeModel()
+    toks = ([(bos, bos, 0, 0)] if bos else []) + pieces(text, split_utf8)
+    return [(k, shown, None if i == 0 else model.logprob(toks[i - 1][0], k, temperature))
+            for i, (k, shown, _, _) in enumerate(toks)]
+
+
+def exact_response_logprob(prefix: str, response: str, end: str = LLAMA3_EOT, temperature: float = 1.0,
+                           bos: str | None = None, split_utf8: bool = False) -> float:
+    """Exact log P(response + end | prefix) on the fake model: difference of two texts' totals."""
+    full = echo_tokens(prefix + response + end, temperature, bos, split_utf8)
+    head = echo_tokens(prefix, temperature, bos, split_utf8)
+    return sum(lp for *_, lp in full if lp is not None) - sum(lp for *_, lp in head if lp is not None)
+
+
 def render_llama3(messages: list[dict[str, str]]) -> str:
     parts = []
     for m in messages:
         fmt = LLAMA3_SYSTEM if m["role"] == "system" else LLAMA3_USER
-        parts.append(fmt.format(m["content"]))
+        parts.append(fmt.format(m["content"].strip()))  # Llama 3's template trims every message
     return "".join(parts) + LLAMA3_ASSISTANT
 
 
+
 class FakeOpenAIServer:
-    """Threaded fake server; use as a context manager. ``url`` is the API root (``.../v1``)."""
+    """Threaded fake server; use as a context manager. ``url`` is the API root (``.../v1``).
+
+    See the module docstring for the quirks each argument switches on.
+    """
 
     def __init__(
         self,
@@ -136,15 +227,43 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         honour_temperature: bool = False,
         retry_after: float | None = 0.05,
+        retry_after_ms: float = 50.0,
         hang: float = 2.0,
         port: int = 0,
+        bos: str | None = None,
+        offsets: str = "chars",
+        split_utf8: bool = False,
+        top_extra: bool = False,
+        echo_noise: float = 0.0,
+        chat_eot_entry: bool = False,
+        echo_shape: str = "openai",
+        reject_echo: bool = False,
+        omit_usage: bool = False,
+        fault_rates: dict[str, float] | None = None,
+        seed: int = 0,
     ) -> None:
+        if offsets not in {"chars", "bytes", "decoded"}:
+            raise ValueError(f"offsets must be chars, bytes or decoded, not {offsets!r}")
+        if echo_shape not in {"openai", "together", "ignored", "empty"}:
+            raise ValueError(f"unknown echo_shape {echo_shape!r}")
         self.model = FakeModel()
         self.latency = latency
         self.api_key = api_key
         self.honour_temperature = honour_temperature
         self.retry_after = retry_after
+        self.retry_after_ms = retry_after_ms
         self.hang = hang
+        self.bos = bos
+        self.offsets = offsets
+        self.split_utf8 = split_utf8
+        self.top_extra = top_extra
+        self.echo_noise = echo_noise
+        self.chat_eot_entry = chat_eot_entry
+        self.echo_shape = echo_shape
+        self.reject_echo = reject_echo
+        self.omit_usage = omit_usage
+        self.fault_rates = dict(fault_rates or {})
+        self._rng = np.random.default_rng(seed)
         self.script: deque[str] = deque()
         self.log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -181,7 +300,10 @@ class FakeOpenAIServer:
         with self._lock:
             if self.script:
                 return self.script.popleft()
-        match = re.search(r"FAULT:([a-z0-9]+)", text)
+            for name, rate in self.fault_rates.items():
+                if self._rng.random() < rate:
+                    return name
+        match = re.search(r"FAULT:([a-z0-9_]+)", text)
         return match.group(1) if match else None
 
     def counts(self, path: str | None = None) -> Counter:
@@ -190,6 +312,18 @@ class FakeOpenAIServer:
             return Counter(
                 json.dumps(e["body"], sort_keys=True) for e in self.log if path is None or e["path"] == path
             )
+
+    def _noise(self) -> np.ndarray | None:
+        if not self.echo_noise:
+            return None
+        with self._lock:
+            return self._rng.normal(0.0, self.echo_noise, VOCAB)
+
+    def _usage(self, n_prompt: int, n_completion: int) -> dict[str, Any]:
+        if self.omit_usage:
+            return {}
+        return {"usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
+                          "total_tokens": n_prompt + n_completion}}
 
     # -- endpoint logic
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -200,62 +334,92 @@ class FakeOpenAIServer:
         if temperature == 0.0:  # judge: answer with a deterministic score derived from the text
             score = (zlib.crc32(user.encode()) % 1000) / 1000
             text = f'{{"score": {score}, "reason": "deterministic"}}'
-            if "JUDGE:prose" in user:
+            structured = (body.get("response_format") or {}).get("type") == "json_schema"
+            if "JUDGE:prose" in user and not structured:  # structured output forces the schema
                 text = f"Sure. ```\nScore: {score}\n``` The response is decent."
-            elif "JUDGE:refuse" in user:
+            elif "JUDGE:refuse" in user and not structured:
                 text = "I cannot evaluate this."
             n_prompt = len(tokenize(system + user))
-            return _chat_response(body["model"], text, None, n_prompt, len(tokenize(text)))
+            return self._chat_response(body["model"], text, None, n_prompt, len(tokenize(text)), "stop")
         prefix = render_llama3(messages)
-        text = self.model.reply(user, system, temperature, int(body.get("seed", 0)), int(body.get("max_tokens", 256)))
+        max_tokens = int(body.get("max_tokens", 256))
+        text = self.model.reply(user, system, temperature, int(body.get("seed", 0)), max_tokens)
         k = int(body.get("top_logprobs") or 0)
-        content = []
         toks = tokenize(prefix + text + LLAMA3_EOT)
-        for i, (tok, off) in enumerate(toks):
-            if off < len(prefix) or tok == LLAMA3_EOT:
-                continue
-            lp = self.model.logprob(toks[i - 1][0], tok)
-            top = self.model.top(toks[i - 1][0], tok, k) if k else {}
+        first = next(i for i, (_, off) in enumerate(toks) if off >= len(prefix))
+        reply = toks[first:-1]  # the reply's tokens, end of turn excluded
+        finish = "stop"
+        if len(reply) > max_tokens:  # cut at max_tokens tokens: no end of turn was produced
+            reply, finish = reply[:max_tokens], "length"
+            text = "".join(t for t, _ in reply)
+        scored = reply + ([toks[-1]] if finish == "stop" and self.chat_eot_entry else [])
+        content = []
+        for j, (tok, _) in enumerate(scored):
+            prev = toks[first + j - 1][0]
+            lp = self.model.logprob(prev, tok)
+            top = self.model.top(prev, tok, k) if k else {}
             content.append({"token": tok, "logprob": lp,
                             "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]})
         logprobs = {"content": content} if body.get("logprobs") else None
-        return _chat_response(body["model"], text, logprobs, len(tokenize(prefix)), len(content) + 1)
+        n_completion = len(reply) + (finish == "stop")
+        return self._chat_response(body["model"], text, logprobs, len(tokenize(prefix)), n_completion, finish)
+
+    def _chat_response(self, model: str, text: str, logprobs: Any, n_prompt: int, n_completion: int,
+                       finish: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": logprobs, "finish_reason": finish}],
+            **self._usage(n_prompt, n_completion),
+        }
 
     def completions(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body.get("echo") and self.reject_echo:
+            return 400, {"error": {"code": 400, "message": ONLY_NO_ECHO, "type": "invalid_request_error"}}
         if not body.get("echo") or int(body.get("max_tokens", 16)) != 0:
             return 400, {"error": {"message": "this fake server only supports echo=True with max_tokens=0"}}
         text = body["prompt"]
         temperature = float(body.get("temperature", 1.0)) if self.honour_temperature else 1.0
         k = int(body.get("logprobs") or 0)
-        toks = tokenize(text)
-        scored = self.model.text_logprobs(text, temperature)
-        tops = [None] + [self.model.top(toks[i - 1][0], toks[i][0], k, temperature) for i in range(1, len(toks))]
-        choice = {
-            "index": 0,
-            "text": text,
-            "finish_reason": "length",
-            "logprobs": {
-                "tokens": [t for t, _, _ in scored],
-                "token_logprobs": [lp for _, _, lp in scored],
-                "top_logprobs": tops,
-                "text_offset": [o for _, o, _ in scored],
-            },
-        }
-        usage = {"prompt_tokens": len(toks), "completion_tokens": 0, "total_tokens": len(toks)}
+        toks = ([(self.bos, self.bos, 0, 0)] if self.bos else []) + pieces(text, self.split_utf8)
+        tokens, values, tops, offsets = [], [], [], []
+        decoded = 0
+        for i, (key, shown, char_off, byte_off) in enumerate(toks):
+            tokens.append(shown)
+            if i == 0:
+                values.append(None)
+                tops.append(None)
+            else:
+                noise = self._noise()
+                prev = toks[i - 1][0]
+                dist = self.model.distribution(prev, temperature, noise)
+                values.append(float(dist[self.model.token_id(key)]))
+                tops.append(self.model.top(prev, key, k, temperature, self.top_extra, noise, shown))
+            if self.offsets == "decoded":
+                offsets.append(decoded)
+            elif self.offsets == "bytes":
+                offsets.append(byte_off + (len(self.bos.encode()) if self.bos and i else 0))
+            else:
+                offsets.append(char_off + (len(self.bos) if self.bos and i else 0))
+            decoded += len(shown)
+        block = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": "length", "logprobs": block}
+        extra: dict[str, Any] = {}
+        if self.echo_shape == "together":
+            choice.update(text="", logprobs={"tokens": [], "token_logprobs": []})
+            extra["prompt"] = [{"text": text, "logprobs": {"tokens": tokens, "token_logprobs": values}}]
+        elif self.echo_shape == "ignored":  # the log-probs of three generated tokens, not of the prompt
+            words = ["The", " answer", " is"]
+            gen_values = [self.model.logprob(w0, w1) for w0, w1 in zip([toks[-1][0], *words], words)]
+            choice.update(text="".join(words), logprobs={
+                "tokens": words, "token_logprobs": gen_values, "top_logprobs": [{w: v} for w, v in zip(words, gen_values)],
+                "text_offset": [0, 3, 10]})
+        elif self.echo_shape == "empty":
+            choice["logprobs"] = None
         return 200, {"id": "cmpl-fake", "object": "text_completion", "model": body["model"],
-                     "choices": [choice], "usage": usage}
-
-
-def _chat_response(model: str, text: str, logprobs: Any, n_prompt: int, n_completion: int) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": logprobs, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-                  "total_tokens": n_prompt + n_completion},
-    }
+                     "choices": [choice], **extra, **self._usage(len(toks), 0)}
 
 
 class _Server(ThreadingHTTPServer):
@@ -282,6 +446,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers)
+
+    def _answer(self, server: FakeOpenAIServer, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        if path == "/v1/chat/completions":
+            return 200, server.chat(body)
+        if path == "/v1/completions":
+            return server.completions(body)
+        return 404, {"error": {"message": f"no route {path}"}}
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.rstrip("/") == "/v1/models":
@@ -310,29 +481,49 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "429":
             headers = {} if server.retry_after is None else {"Retry-After": str(server.retry_after)}
             return self._json(429, {"error": {"message": "rate limited"}}, headers)
-        elif fault in {"500", "503"}:
-            return self._json(int(fault), {"error": {"message": "internal error"}})
+        elif fault == "429ms":
+            return self._json(429, {"error": {"message": "rate limited"}},
+                              {"retry-after-ms": str(server.retry_after_ms)})
+        elif fault in {"408", "409", "500", "503"}:
+            return self._json(int(fault), {"error": {"message": f"transient fault {fault}"}})
         elif fault in {"400", "401", "403", "404"}:
             return self._json(int(fault), {"error": {"message": f"fault {fault}"}})
         elif fault == "400ctx":
             return self._json(400, {"error": {"message": "prompt exceeds the maximum context length"}})
-        elif fault == "malformed":
-            return self._send(200, b'{"choices": [ {"message": ')
         elif fault == "badshape":
             return self._json(200, {"object": "chat.completion", "nothing": True})
-        if path == "/v1/chat/completions":
-            return self._json(200, server.chat(body))
-        if path == "/v1/completions":
-            return self._json(*server.completions(body))
-        return self._json(404, {"error": {"message": f"no route {path}"}})
+        status, answer = self._answer(server, path, body)
+        if fault in {"truncated", "malformed"} and status == 200:
+            payload = json.dumps(answer).encode()
+            return self._send(200, payload[: len(payload) // 2])
+        if fault == "cut" and status == 200:
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if fault == "finish_error" and status == 200:
+            for choice in answer.get("choices", []):
+                choice["finish_reason"] = "error"
+                if "message" in choice:
+                    choice["message"]["content"] = ""
+        return self._json(status, answer)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fault-rate", action="append", default=[], metavar="NAME=RATE",
+                        help="random fault per request, e.g. truncated=0.05 (repeatable)")
     args = parser.parse_args()
-    server = FakeOpenAIServer(latency=args.latency, port=args.port).start()
+    rates = {name: float(rate) for name, rate in (item.split("=", 1) for item in args.fault_rate)}
+    server = FakeOpenAIServer(latency=args.latency, port=args.port, fault_rates=rates).start()
     print(f"PORT {server._httpd.server_address[1]}", flush=True)
     try:
         while True:

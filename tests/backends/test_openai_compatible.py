@@ -40,7 +40,7 @@ def server():
 
 def backend(srv: FakeOpenAIServer, tmp_path: Path, **options) -> OpenAICompatibleBackend:
     defaults = dict(
-        base_url=srv.url, api_key_env="ARENA_TEST_NO_SUCH_VAR", credentials_path=str(tmp_path / "none.yml"),
+        base_url=srv.url, api_key_env="ARENA_TEST_NO_SUCH_VAR",
         store_path=str(tmp_path / "store.sqlite"), progress=False, vocab_size=256, top_k_logprobs=5,
         timeout=0.5, max_retries=4, backoff_initial=0.005, backoff_max=0.02, concurrency=4,
     )
@@ -201,13 +201,14 @@ def test_give_up_is_recorded_others_kept_and_retried_next_run(server, tmp_path):
     out = b.generate_batch(prompts, POLICY, [1, 2, 3, 4, 5])
     assert [g.error is None for g in out] == [True, False, True, False, False]
     assert "gave up after 3 attempts" in out[1].error and "HTTP 503" in out[1].error
-    assert "malformed" in out[3].error and "malformed" in out[4].error
+    assert "gave up after 3 attempts" in out[3].error and "incomplete response body" in out[3].error
+    assert "malformed" in out[4].error  # well-formed JSON of the wrong shape: not retried
     per_prompt = lambda: {p: sum(p in str(e["body"]) for e in server.log) for p in prompts}  # noqa: E731
-    assert per_prompt() == {prompts[0]: 1, prompts[1]: 3, prompts[2]: 1, prompts[3]: 1, prompts[4]: 1}
+    assert per_prompt() == {prompts[0]: 1, prompts[1]: 3, prompts[2]: 1, prompts[3]: 3, prompts[4]: 1}
     assert b.store.count(status="failed") == 3 and b.store.count(status="done") == 2
     again = backend(server, tmp_path, max_retries=0).generate_batch(prompts, POLICY, [1, 2, 3, 4, 5])
     assert [g.text for g in again][::2][:2] == [out[0].text, out[2].text]
-    assert per_prompt() == {prompts[0]: 1, prompts[1]: 4, prompts[2]: 1, prompts[3]: 2, prompts[4]: 2}
+    assert per_prompt() == {prompts[0]: 1, prompts[1]: 4, prompts[2]: 1, prompts[3]: 4, prompts[4]: 2}
 
 
 @pytest.mark.parametrize("fault,needle", [("401", "API key"), ("403", "permissions"), ("404", "base_url"), ("400", "top_k_logprobs")])
@@ -240,12 +241,14 @@ def test_wrong_key_error_never_shows_the_key(tmp_path, monkeypatch, caplog):
     assert secret.encode() not in (tmp_path / "store.sqlite").read_bytes()
 
 
-def test_key_from_credentials_file(tmp_path):
-    creds = tmp_path / "credentials.yml"
-    creds.write_text("fireworks:\n  api_key: fw-from-file\n")
-    with FakeOpenAIServer(api_key="fw-from-file") as srv:
-        gen = backend(srv, tmp_path, credentials_path=str(creds)).generate("Hi?", POLICY, 1)
+def test_key_given_by_the_caller_and_no_yaml_reader(tmp_path):
+    with FakeOpenAIServer(api_key="fw-from-kedro-credentials") as srv:
+        gen = backend(srv, tmp_path, api_key="fw-from-kedro-credentials").generate("Hi?", POLICY, 1)
     assert gen.error is None
+    with pytest.raises(TypeError, match="credentials_path"):
+        OpenAICompatibleBackend(base_url="http://127.0.0.1:9/v1", credentials_path="conf/local/credentials.yml")
+    with pytest.raises(TypeError, match="seed"):
+        OpenAICompatibleBackend(base_url="http://127.0.0.1:9/v1", seed=1)
 
 
 # ------------------------------------------------------------------------------ judging
@@ -338,7 +341,7 @@ def test_check_models_and_status_commands_logic(server, tmp_path):
     params = {
         "backend": {"name": "openai_compatible", "options": {
             "base_url": server.url, "store_path": str(store), "progress": False, "vocab_size": 256,
-            "api_key_env": "ARENA_TEST_NO_SUCH_VAR", "credentials_path": str(tmp_path / "none.yml")}},
+            "api_key_env": "ARENA_TEST_NO_SUCH_VAR"}},
         "policy_defaults": {"model": "fake-llm", "max_tokens": 32},
         "policies": {"pi_0": {"temperature": 0.5, "system_prompt": "Hi."}, "pi_hot": {"temperature": 0.9}},
         "judge": {"model": "fake-judge", "temperature": 0.0, "rubric": "Rate.", "max_tokens": 64},

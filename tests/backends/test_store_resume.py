@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     from arena_cje.backends.base import PolicySpec, generate_batch
     url, store, out = sys.argv[1:4]
     backend = make_backend("openai_compatible", base_url=url, store_path=store, concurrency=4, progress=False,
-                           api_key_env="ARENA_TEST_NO_SUCH_VAR", credentials_path="/nonexistent")
+                           api_key_env="ARENA_TEST_NO_SUCH_VAR")
     policy = PolicySpec("pi_0", model="fake-llm", temperature=0.7, system_prompt="Be helpful.", max_tokens=32)
     prompts = [f"Prompt number {i}?" for i in range(%d)]
     results = generate_batch(backend, prompts, policy, [1000 + i for i in range(len(prompts))])

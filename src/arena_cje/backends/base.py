@@ -7,7 +7,7 @@ a default number (a log-prob of 0.0 means probability one; a judge score of 0.5 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,7 +116,11 @@ class Backend(Protocol):
         ...
 
     def teacher_force(self, prompt: str, response: str, policy: PolicySpec) -> TeacherForced:
-        """Score ``response`` under ``policy``: log P_policy(response | prompt), end of turn included."""
+        """Score ``response`` under ``policy``: log P_policy(response | prompt), end of turn included.
+
+        Backends also accept ``ended: bool = True``: ``False`` for a response cut at ``max_tokens``,
+        whose log-prob has no end-of-turn term (it never produced one).
+        """
         ...
 
     def judge(self, prompt: str, response: str, judge: JudgeSpec) -> Judgement:
@@ -148,11 +152,33 @@ def generate_batch(backend: Backend, prompts: list[str], policy: PolicySpec, see
     return [backend.generate(p, policy, s) for p, s in zip(prompts, seeds, strict=True)]
 
 
-def teacher_force_batch(backend: Backend, prompts: list[str], responses: list[str], policy: PolicySpec) -> list[TeacherForced]:
-    """Teacher-force many (prompt, response) pairs, batched where the backend supports it."""
+def teacher_force_batch(
+    backend: Backend,
+    prompts: list[str],
+    responses: list[str],
+    policy: PolicySpec,
+    ended: Sequence[bool] | None = None,
+) -> list[TeacherForced]:
+    """Teacher-force many (prompt, response) pairs, batched where the backend supports it.
+
+    Args:
+        backend: The backend.
+        prompts: Prompts.
+        responses: Responses to score.
+        policy: The scoring policy.
+        ended: Per response, whether it ended with the end-of-turn token (``False``: cut at
+            ``max_tokens``, so no end-of-turn term is scored); ``None``: every response ended.
+    """
+    if ended is not None and len(ended) != len(prompts):
+        raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
     if hasattr(backend, "teacher_force_batch"):
-        return backend.teacher_force_batch(prompts, responses, policy)
-    return [backend.teacher_force(p, r, policy) for p, r in zip(prompts, responses, strict=True)]
+        if ended is None:
+            return backend.teacher_force_batch(prompts, responses, policy)
+        return backend.teacher_force_batch(prompts, responses, policy, ended=list(ended))
+    if ended is None:
+        return [backend.teacher_force(p, r, policy) for p, r in zip(prompts, responses, strict=True)]
+    return [backend.teacher_force(p, r, policy, ended=bool(e))  # type: ignore[call-arg]
+            for p, r, e in zip(prompts, responses, ended, strict=True)]
 
 
 def judge_batch(backend: Backend, prompts: list[str], responses: list[str], judge: JudgeSpec) -> list[Judgement]:

@@ -537,8 +537,16 @@ class LocalTransformersBackend:
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
 
-    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec) -> list[TeacherForced]:
-        """``log P_policy(response | prompt)`` incl. end of turn, exact at the policy's temperature."""
+    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec,
+                            ended: Sequence[bool] | None = None) -> list[TeacherForced]:
+        """``log P_policy(response | prompt)`` incl. end of turn, exact at the policy's temperature.
+
+        ``ended`` (per response, from generation): whether it ended with the end-of-turn token. A
+        response generated here is scored as recorded, and a disagreeing flag is an error; another
+        response is scored with the end of turn only when it ended (default: it did).
+        """
+        if ended is not None and len(ended) != len(prompts):
+            raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
         results: list[TeacherForced | None] = [None] * len(prompts)
         if policy.temperature <= 0:
             return [TeacherForced(logprob=None, error="temperature must be > 0 for log-probs") for _ in prompts]
@@ -553,6 +561,12 @@ class LocalTransformersBackend:
             except ValueError as exc:
                 results[i] = TeacherForced(logprob=None, error=str(exc))
                 continue
+            if ended is not None and bool(ended[i]) != tokens.ended:
+                if tokens.recorded:
+                    results[i] = TeacherForced(logprob=None, error=(
+                        f"ended={bool(ended[i])} disagrees with the recorded generation (ended={tokens.ended})"))
+                    continue
+                tokens = ResponseTokens(tokens.ids, bool(ended[i]), recorded=False)
             scored = list(tokens.ids) + ([self.eot_id] if tokens.ended else [])
             if not scored:
                 results[i] = TeacherForced(logprob=None, error="nothing to score: empty response without end of turn")
@@ -605,9 +619,9 @@ class LocalTransformersBackend:
         """Sample one response (see :meth:`generate_batch`)."""
         return self.generate_batch([prompt], policy, [seed])[0]
 
-    def teacher_force(self, prompt: str, response: str, policy: PolicySpec) -> TeacherForced:
+    def teacher_force(self, prompt: str, response: str, policy: PolicySpec, ended: bool | None = None) -> TeacherForced:
         """Score one response (see :meth:`teacher_force_batch`)."""
-        return self.teacher_force_batch([prompt], [response], policy)[0]
+        return self.teacher_force_batch([prompt], [response], policy, None if ended is None else [ended])[0]
 
     def judge(self, prompt: str, response: str, judge: JudgeSpec) -> Judgement:
         """Judge one pair (see :meth:`judge_batch`)."""

@@ -1,15 +1,27 @@
-"""Backend for OpenAI-compatible HTTP APIs (Fireworks, vLLM, Together, llama.cpp server, ...).
+"""Backend for OpenAI-compatible HTTP APIs (Fireworks, vLLM, Together, ...).
 
 * Generation: ``POST {base_url}/chat/completions`` with the policy's system prompt, temperature,
-  ``top_p=1``, ``max_tokens``, ``seed`` and per-token log-probs.
+  ``top_p=1``, ``max_tokens``, ``seed`` and per-token log-probs. ``finish_reason: "length"`` marks
+  a reply cut at ``max_tokens`` (``usage["truncated"]``).
 * Teacher forcing: ``POST {base_url}/completions`` with ``echo=True``, ``max_tokens=0`` and
   ``logprobs=k`` on the conversation written with the model family's chat template
-  (:mod:`arena_cje.backends.templates`); the response's tokens are found by their character
-  offsets and their log-probs summed, end-of-turn token included. When no token starts exactly
-  where the response starts (the last prompt character and the first response characters were
-  merged into one token) the two-call difference log P(prefix+response) - log P(prefix) is used.
+  (:mod:`arena_cje.backends.templates`), the end-of-turn marker appended only when the reply ended
+  (``ended``; a reply cut at ``max_tokens`` never produced it). The response's tokens are located
+  by their *text*: the echo must spell the text sent (a BOS token the server added is allowed
+  first), and the tokens from the located start must spell exactly the response (+ end of turn);
+  offsets are not trusted (vLLM's count the BOS text and drift on split UTF-8 characters, and
+  Fireworks does not document their unit). When no token starts exactly where the response starts
+  (the last prompt characters and the first response characters were merged into one token) the
+  two-call difference log P(prefix+response) - log P(prefix) over the tokens after the texts'
+  common prefix is used (``usage["two_call"] = 1``); a prompt token is never summed. Echoed
+  log-probs are read from ``choices[0].logprobs`` (OpenAI, vLLM, Fireworks) or from the top-level
+  ``prompt[0].logprobs`` (Together). An echo that is empty, absent or does not spell the text sent
+  (a server that ignores ``echo``) is an error, never 0.0. llama.cpp's server rejects ``echo``
+  ("Only no echo is supported"): that is a :class:`ConfigurationError` saying it cannot
+  teacher-force.
 * Judging: ``POST {base_url}/chat/completions`` with the rubric as system message, T=0, the score
-  parsed from JSON with a tolerant fallback.
+  parsed from JSON with a tolerant fallback; with ``judge_response_format: json_schema`` the
+  server's structured output (vLLM, Fireworks) forces ``{"score": <0..1>, ...}``.
 
 Temperature. Servers return echo log-probs at T=1 whatever temperature is sent (vLLM does). A
 policy at temperature T samples from softmax(z/T), so its log-prob of token i is
@@ -18,10 +30,12 @@ policy at temperature T samples from softmax(z/T), so its log-prob of token i is
 
 Only the top-k l_j (plus the scored token's) are returned. Let K be those tokens,
 S = sum_{j in K} exp(l_j/T), R = 1 - sum_{j in K} exp(l_j) the T=1 mass of the n = V - |K|
-unseen tokens, each at most c = min of the top-k probabilities. For beta = 1/T the unseen tokens
-contribute U = sum_tail p_j^beta, which lies between the "concentrated" value R c^(beta-1) (as
-many tokens as possible at c) and the "spread" value R^beta n^(1-beta) (n equal tokens); which of
-the two is smaller depends on whether beta > 1. Hence
+unseen tokens, each at most c = the smallest probability among the returned *alternatives* (the
+scored token's own entry excluded: vLLM adds it, and Fireworks documents "up to logprobs+1"
+entries, so when it is not among the top k its probability is below the k-th and is no cap). For
+beta = 1/T the unseen tokens contribute U = sum_tail p_j^beta, which lies between the
+"concentrated" value R c^(beta-1) (as many tokens as possible at c) and the "spread" value
+R^beta n^(1-beta) (n equal tokens); which of the two is smaller depends on whether beta > 1. Hence
 
     log Z in [log(S + U_lo), log(S + U_hi)]
 
@@ -30,11 +44,18 @@ and we report the midpoint with half-width (log(S+U_hi) - log(S+U_lo)) / 2 per t
 guaranteed bound on |estimate - exact| given exact top-k log-probs and the vocabulary size. See
 docs/api_backend.md for typical sizes.
 
-Faults. Timeouts, connection errors (including dropped connections), HTTP 429 (``Retry-After``
-honoured) and 5xx are retried with exponential backoff and full jitter (tenacity). HTTP
-400/401/403/404 are not retried: they raise :class:`ConfigurationError` saying what to fix, after
-the requests already in flight finish and are recorded. A malformed body is a recorded failure.
-The API key is only ever placed in the ``Authorization`` header and scrubbed from every message.
+Faults. Timeouts, connection errors (including dropped connections and bodies cut off in
+transfer), a 200 whose body is not complete JSON, ``finish_reason: "error"``, HTTP 408, 409, 429
+(``retry-after-ms`` or ``Retry-After`` honoured) and 5xx are retried with exponential backoff and
+full jitter (tenacity); what still fails after the retries is recorded as failed (retried on the
+next run), never stored as a good response. HTTP 400/401/403/404 are not retried: they raise
+:class:`ConfigurationError` saying what to fix, after the requests already in flight finish and
+are recorded. A well-formed JSON reply of the wrong shape is a recorded failure. The API key is
+only ever placed in the ``Authorization`` header and scrubbed from every message.
+
+Cost. Token counts come from the reply's ``usage``; a provider that omits it is charged the
+tokenizer-free pre-request estimate (``usage["usage_estimated"] = 1``), so the budget cap still
+holds.
 """
 
 from __future__ import annotations
@@ -49,11 +70,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
-import yaml
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 from tqdm.auto import tqdm
 
@@ -71,16 +91,29 @@ class ConfigurationError(RuntimeError):
     """A request the server rejects for a reason retrying cannot fix (HTTP 400/401/403/404)."""
 
 
+#: HTTP statuses worth retrying: request timeout, conflict (Fireworks' docs and SDK retry both),
+#: rate limit; every 5xx is retried too.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
 class BudgetExceededError(RuntimeError):
     """The next request could push the recorded spend over ``budget_usd``."""
 
 
 class MalformedResponseError(RuntimeError):
-    """The server answered 200 with a body that is not the expected JSON."""
+    """The server answered 200 with JSON of an unexpected shape (retrying will not change it)."""
+
+
+class TruncatedBodyError(RuntimeError):
+    """The server answered 200 with a body that is not complete JSON (cut in transfer): retried."""
+
+
+class FinishReasonError(RuntimeError):
+    """The server answered 200 with ``finish_reason: "error"``: no usable output, retried."""
 
 
 class RetryableHTTPError(RuntimeError):
-    """HTTP 429 or 5xx; ``retry_after`` holds the server's ``Retry-After`` in seconds if given."""
+    """HTTP 408, 409, 429 or 5xx; ``retry_after`` holds the server's requested wait in seconds."""
 
     def __init__(self, message: str, status: int, retry_after: float | None) -> None:
         super().__init__(message)
@@ -92,8 +125,12 @@ _RETRYABLE = (
     requests.Timeout,
     requests.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
     RetryableHTTPError,
+    TruncatedBodyError,
+    FinishReasonError,
 )
+_NO_ECHO = re.compile(r"no echo|echo is not supported|does not support echo|unsupported.{0,20}echo", re.I)
 
 _CONTEXT_LENGTH = re.compile(r"context length|context window|maximum context|too long|exceeds? the max", re.I)
 
@@ -103,28 +140,14 @@ _CONTEXT_LENGTH = re.compile(r"context length|context window|maximum context|too
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_api_key(
-    api_key: str | None,
-    api_key_env: str = "FIREWORKS_API_KEY",
-    credentials_path: str | Path = "conf/local/credentials.yml",
-    credentials_key: str = "fireworks",
-) -> str | None:
-    """Find the API key: explicit value, then the environment variable, then the credentials file.
-
-    The credentials file is Kedro's ``conf/local/credentials.yml`` holding
-    ``<credentials_key>: {api_key: ...}``. Returns ``None`` when no key is configured (fine for
-    local servers without authentication).
-    """
+def resolve_api_key(api_key: str | None, api_key_env: str | None = "FIREWORKS_API_KEY") -> str | None:
+    """Find the API key: the explicit value (Kedro's credentials, passed by the caller), then the
+    environment variable. Returns ``None`` when no key is configured (fine for local servers
+    without authentication)."""
     if api_key:
         return str(api_key)
     if api_key_env and os.environ.get(api_key_env):
         return os.environ[api_key_env]
-    path = Path(credentials_path)
-    if path.is_file():
-        creds = yaml.safe_load(path.read_text()) or {}
-        entry = creds.get(credentials_key) if isinstance(creds, dict) else None
-        if isinstance(entry, dict) and entry.get("api_key"):
-            return str(entry["api_key"])
     return None
 
 
@@ -139,6 +162,110 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a 408/409/429/5xx asks for: ``retry-after-ms`` (milliseconds, what OpenAI's and
+    Fireworks' SDKs read first), else ``Retry-After`` (seconds); ``None`` when neither is usable."""
+    millis = parse_retry_after(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def spells(tokens: Sequence[str], text: str) -> bool:
+    """Do the token texts, joined, spell ``text`` exactly?
+
+    A run of n U+FFFD replacement characters stands for 1 to n non-ASCII characters: servers that
+    decode each token alone (vLLM) show the pieces of a multi-byte character split across tokens
+    that way. Everything else must match character for character.
+    """
+    joined = "".join(tokens)
+    if joined == text:
+        return True
+    if "\ufffd" not in joined:
+        return False
+    pattern = "".join(
+        f"[^\\x00-\\x7f]{{1,{len(part)}}}" if part.startswith("\ufffd") else re.escape(part)
+        for part in re.split("(\ufffd+)", joined) if part
+    )
+    return re.fullmatch(pattern, text, re.S) is not None
+
+
+def _literal_chars(tokens: Sequence[str]) -> int:
+    """Characters of the joined tokens that must match literally (replacement characters excluded)."""
+    return sum(len(t) - t.count("\ufffd") for t in tokens)
+
+
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2 byte-level BPE's printable stand-in character -> byte (its ``bytes_to_unicode`` inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+_BYTE_LEVEL = _byte_level_decoder()
+_SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_text_variants(tokens: Sequence[str]) -> list[list[str]]:
+    """Readings of echoed tokens that some servers return undecoded, most likely first.
+
+    Decoded text as is; GPT-2 byte-level BPE pieces (``"Ġthe"`` for ``" the"``), each decoded alone;
+    SentencePiece pieces (``"▁the"``, ``"<0x0A>"``), with the leading dummy-prefix space dropped.
+    A reading is used only when it spells the text sent exactly.
+    """
+    variants = [list(tokens)]
+    if all(all(ch in _BYTE_LEVEL for ch in t) for t in tokens):
+        variants.append([bytes(_BYTE_LEVEL[ch] for ch in t).decode("utf-8", "replace") for t in tokens])
+    if any("\u2581" in t or _SP_BYTE.search(t) for t in tokens):
+        pieces = [_SP_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]).decode("utf-8", "replace"),
+                               t.replace("\u2581", " ")) for t in tokens]
+        variants.append(pieces)
+        # The text's first piece (after a BOS) may carry SentencePiece's dummy-prefix space.
+        for i in range(min(2, len(pieces))):
+            if pieces[i].startswith(" "):
+                variants.append([*pieces[:i], pieces[i][1:], *pieces[i + 1:]])
+    return variants
+
+
+def echo_text_start(tokens: Sequence[str], text: str) -> int | None:
+    """Index of the echo's first token of ``text``: 0, or 1 when the server put a BOS token the
+    client did not send first; ``None`` when the echo does not spell ``text`` (no echo)."""
+    if not tokens:
+        return None
+    if spells(tokens, text):
+        return 0
+    if spells(tokens[1:], text):
+        return 1
+    return None
+
+
+def locate_span(tokens: Sequence[str], text: str, start: int, first: int = 0) -> int | None:
+    """Index ``j`` where the echo of ``text`` splits into ``text[:start]`` and ``text[start:]``.
+
+    ``tokens[first:]`` are the echo's tokens of ``text`` (``first`` is 1 when the server put a BOS
+    token first). ``tokens[j:]`` must spell exactly ``text[start:]`` and ``tokens[first:j]``
+    exactly ``text[:start]``; ``j`` is at least 1 (the first token of an echo has no log-prob).
+    Searched from the end. ``None`` when no token boundary falls there (the first characters of
+    ``text[start:]`` were merged with the text before into one token), or when replacement
+    characters let two boundaries spell it (a multi-byte character split around the boundary:
+    which bytes are the prompt's cannot be told).
+    """
+    target, head = text[start:], text[:start]
+    found = []
+    for j in range(len(tokens) - 1, max(first, 1) - 1, -1):
+        tail = tokens[j:]
+        if _literal_chars(tail) > len(target):
+            break
+        if spells(tail, target) and spells(tokens[first:j], head):
+            found.append(j)
+    return found[0] if len(found) == 1 else None
+
+
 def rescale_logprob(
     logprob: float,
     token: str,
@@ -151,11 +278,14 @@ def rescale_logprob(
     Implements log p_T(i) = l_i/T - log Z_T with log Z_T bracketed as in the module docstring:
     U_conc = R c^(beta-1), U_spread = R^beta n^(1-beta), U_lo = min, U_hi = max,
     estimate = l_i/T - (log(S+U_lo) + log(S+U_hi))/2, half-width = (log(S+U_hi) - log(S+U_lo))/2.
+    The cap c is the smallest probability among the alternatives other than the scored token: a
+    server may add the scored token's entry to the top k (k+1 entries), and when it is not among
+    the k best its probability is no upper bound for the unseen tokens.
 
     Args:
         logprob: l_i, the token's log-prob at T=1.
         token: The token's text (to merge it into the top-k set).
-        top: Top-k tokens -> T=1 log-probs at this position.
+        top: Top-k tokens -> T=1 log-probs at this position (possibly with the scored token added).
         temperature: Policy temperature T > 0.
         vocab_size: V, the model's vocabulary size (bounds the number of unseen tokens).
 
@@ -168,7 +298,11 @@ def rescale_logprob(
         return logprob, 0.0
     beta = 1.0 / temperature
     top = dict(top or {})
-    cap = math.exp(min(top.values())) if top else 1.0  # every unseen token is below the k-th best
+    alternatives = [v for t, v in top.items() if t != token]
+    # Every unseen token is below the k-th best alternative; the scored token's own entry is no
+    # cap (when it is not in the top k it lies below the k-th). With no alternative shown, the
+    # scored token is the best one (or nothing is known: cap 1).
+    cap = math.exp(min(alternatives)) if alternatives else (math.exp(logprob) if top else 1.0)
     known = {**top, token: logprob}
     seen_mass = sum(math.exp(v) for v in known.values())
     tail = max(0.0, 1.0 - seen_mass)
@@ -251,26 +385,73 @@ class _Call:
 
 @dataclass
 class CheckReport:
-    """Verdict of :meth:`OpenAICompatibleBackend.self_check` for one policy."""
+    """Verdict of :meth:`OpenAICompatibleBackend.self_check` for one policy.
+
+    Attributes:
+        policy: Policy name.
+        model: Model id.
+        verdict: ``PASS`` | ``FAIL`` | ``ERROR``.
+        details: Lines to print, one finding each.
+        max_abs_diff_per_token: Worst mean |generation - teacher forcing| per token (nats).
+        chat_includes_eot: Whether the chat endpoint's log-probs include the end-of-turn entry,
+            as detected from the data (``None``: no reply ended, so unknown).
+        echo_noise_mean: Mean |difference| per token (nats) between repeated identical T=1 echo
+            calls: the server's own noise, which inflates the variance of the weights.
+        echo_noise_max: Largest such |difference| per token (nats).
+        echo_temperature_slope: Fitted slope of the echo log-probs at the policy's T on those at
+            T=1 (within positions): 1/T when the server applies the temperature, 1 when not.
+    """
 
     policy: str
     model: str
     verdict: str  # PASS | FAIL | ERROR
     details: list[str] = field(default_factory=list)
     max_abs_diff_per_token: float | None = None
+    chat_includes_eot: bool | None = None
+    echo_noise_mean: float | None = None
+    echo_noise_max: float | None = None
+    echo_temperature_slope: float | None = None
+
+
+@dataclass
+class _Echo:
+    """Echoed log-probs of one text, normalised across reply shapes.
+
+    ``tokens`` are the token texts as they spell the text (decoded when the server returned raw
+    byte-level or SentencePiece pieces), ``raw`` as the server returned them (the keys of
+    ``tops``); ``first`` is the index of the text's first token (1 when the server put a BOS token
+    first).
+    """
+
+    tokens: list[str]
+    values: list[Any]
+    tops: list[Any]
+    first: int
+    raw: list[str] = field(default_factory=list)
+
+
+#: JSON schema of the judge's reply for servers with structured output.
+JUDGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "reason": {"type": "string"},
+    },
+    "required": ["score"],
+}
+_JUDGE_FORMATS = ("json_schema", "json_object", "none")
 
 
 class OpenAICompatibleBackend:
     """OpenAI-compatible HTTP backend with concurrency, retries, a durable record and a budget.
 
-    All keyword arguments come from ``backend.options`` in the parameters.
+    All keyword arguments come from ``backend.options`` in the parameters (the API key from
+    Kedro's credentials).
 
     Args:
         base_url: API root including the version, e.g. ``https://api.fireworks.ai/inference/v1``.
-        api_key: Key given directly (discouraged: prefer the env var or credentials file).
-        api_key_env: Environment variable holding the key.
-        credentials_path: Kedro credentials file read when the env var is unset.
-        credentials_key: Entry in that file (``<key>: {api_key: ...}``).
+        api_key: The key (from Kedro's credentials; never write it into parameters).
+        api_key_env: Environment variable holding the key when ``api_key`` is not given.
         chat_template: Template name or mapping (see :func:`templates.get_template`).
         with_bos: Write the template's BOS marker into teacher-forcing text (most servers add it).
         concurrency: Worker threads (= simultaneous requests).
@@ -289,20 +470,21 @@ class OpenAICompatibleBackend:
         budget_usd: Spend cap over everything in the store (``None``: no cap).
         judge_rescore_fraction: Share of judged items scored a second time (judge noise).
         judge_rescore_seed: Seed of that random subset.
-        judge_json_mode: Send ``response_format={"type": "json_object"}`` to the judge.
+        judge_json_mode: Shorthand for ``judge_response_format: json_schema``.
+        judge_response_format: ``json_schema`` (the server's structured output forces
+            ``{"score": <number in [0, 1]>, "reason": ...}``; vLLM and Fireworks support it),
+            ``json_object`` (any JSON) or ``none``; default ``json_schema`` when
+            ``judge_json_mode`` is set, else ``none``.
         check_tolerance: Allowed mean |difference| per token (nats) in :meth:`self_check`.
+        check_echo_repeats: Identical T=1 echo calls in :meth:`self_check` to measure echo noise.
         progress: Show tqdm progress bars.
-        seed: Ignored. It is the simulated backend's option in ``conf/base``; parameters merge
-            softly, so it reaches every backend's options. Sampling seeds are per item.
     """
 
     def __init__(
         self,
         base_url: str,
         api_key: str | None = None,
-        api_key_env: str = "FIREWORKS_API_KEY",
-        credentials_path: str = "conf/local/credentials.yml",
-        credentials_key: str = "fireworks",
+        api_key_env: str | None = "FIREWORKS_API_KEY",
         chat_template: str | Mapping[str, Any] = "llama3",
         with_bos: bool = False,
         concurrency: int = 8,
@@ -320,14 +502,23 @@ class OpenAICompatibleBackend:
         judge_rescore_fraction: float = 0.0,
         judge_rescore_seed: int = 0,
         judge_json_mode: bool = False,
+        judge_response_format: str | None = None,
         check_tolerance: float = 0.02,
+        check_echo_repeats: int = 3,
         progress: bool = True,
-        seed: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("backend.options.concurrency must be >= 1")
         if not 0.0 <= judge_rescore_fraction <= 1.0:
             raise ValueError("backend.options.judge_rescore_fraction must be in [0, 1]")
+        if judge_response_format is None:
+            judge_response_format = "json_schema" if judge_json_mode else "none"
+        if judge_response_format not in _JUDGE_FORMATS:
+            raise ValueError(
+                f"backend.options.judge_response_format: {judge_response_format!r} is not one of {list(_JUDGE_FORMATS)}"
+            )
+        if check_echo_repeats < 2:
+            raise ValueError("backend.options.check_echo_repeats must be >= 2 (noise is a difference of repeats)")
         self.base_url = base_url.rstrip("/")
         self.template: ChatTemplate = get_template(chat_template)
         self.with_bos = bool(with_bos)
@@ -342,12 +533,14 @@ class OpenAICompatibleBackend:
         self.prices = {k: dict(v) for k, v in (prices or {}).items()}
         self.judge_rescore_fraction = float(judge_rescore_fraction)
         self.judge_rescore_seed = int(judge_rescore_seed)
-        self.judge_json_mode = bool(judge_json_mode)
+        self.judge_response_format = judge_response_format
         self.check_tolerance = float(check_tolerance)
+        self.check_echo_repeats = int(check_echo_repeats)
         self.progress = bool(progress)
-        self._key = resolve_api_key(api_key, api_key_env, credentials_path, credentials_key)
+        self._key = resolve_api_key(api_key, api_key_env)
         self._key_hint = (
-            f"set the {api_key_env} environment variable or `{credentials_key}: {{api_key: ...}}` in {credentials_path}"
+            f"set the {api_key_env} environment variable or the api_key in conf/local/credentials.yml"
+            if api_key_env else "set the api_key in conf/local/credentials.yml"
         )
         self._session = requests.Session()
         # One pooled connection per worker thread: connections are reused across requests.
@@ -365,6 +558,7 @@ class OpenAICompatibleBackend:
         self._limiter = _RateLimiter(requests_per_minute)
         self.store = RequestStore(store_path) if store_path else None
         self._budget = _Budget(budget_usd, self.store.total_cost() if self.store else 0.0)
+        self._warned_usage = False
         if budget_usd is not None and not self.prices:
             raise ValueError("backend.options.budget_usd needs backend.options.prices to count the cost")
 
@@ -387,22 +581,27 @@ class OpenAICompatibleBackend:
         url = f"{self.base_url}{path}"
         response = self._session.post(url, json=body, timeout=self.timeout)
         status = response.status_code
-        if status == 429 or status >= 500:
+        if status in RETRYABLE_STATUSES or status >= 500:
             raise RetryableHTTPError(
                 f"HTTP {status} from {path}: {self._scrub(response.text[:200])}",
                 status,
-                parse_retry_after(response.headers.get("Retry-After")),
+                retry_after_seconds(response.headers),
             )
         if status >= 400:
             raise self._configuration_error(status, path, body.get("model", "?"), response.text)
         try:
             data = response.json()
         except ValueError:
-            raise MalformedResponseError(
-                f"malformed response body from {path} (not JSON): {self._scrub(response.text[:120])!r}"
+            # A 200 whose body is not complete JSON was cut in transfer: a transient fault.
+            raise TruncatedBodyError(
+                f"incomplete response body from {path} (not JSON): {self._scrub(response.text[:120])!r}"
             ) from None
         if not isinstance(data, dict):
             raise MalformedResponseError(f"malformed response body from {path}: expected a JSON object")
+        choices = data.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            if choices[0].get("finish_reason") == "error":
+                raise FinishReasonError(f"{path} answered with finish_reason 'error' (no usable output)")
         return data
 
     def _configuration_error(self, status: int, path: str, model: str, text: str) -> Exception:
@@ -416,12 +615,18 @@ class OpenAICompatibleBackend:
         if status == 400 and _CONTEXT_LENGTH.search(message):
             # Item-specific (this prompt is too long): recorded for the item, not fatal.
             return _ItemRejected(where)
+        if status == 400 and path == "/completions" and _NO_ECHO.search(message):
+            return ConfigurationError(
+                f"{where}. This server cannot teacher-force: its completions endpoint rejects echo=True "
+                "(llama.cpp's server does), so the log-probs of a given response cannot be computed. "
+                "To fix: use a server whose /completions supports echo with logprobs (vLLM, Fireworks, Together)."
+            )
         fixes = {
             401: f"the API key is missing or invalid: {self._key_hint}",
             403: "the API key has no access to this model or endpoint: check the account's permissions",
             404: "model or endpoint not found: check backend.options.base_url and the model id in policies/judge",
             400: "the server rejected the request parameters: check max_tokens, top_k_logprobs (providers "
-            "cap it, often at 5), and that the endpoint supports echo/logprobs",
+            "cap it, often at 5), judge_response_format, and that the endpoint supports echo/logprobs",
         }
         fix = fixes.get(status, "the request was rejected; check the backend options")
         return ConfigurationError(f"{where}. To fix: {fix}.")
@@ -470,9 +675,36 @@ class OpenAICompatibleBackend:
         p, c = self._price(model)
         return prompt_tokens / 1000.0 * p + completion_tokens / 1000.0 * c
 
-    def _estimate(self, model: str, n_chars: int, max_completion: int, n_calls: int = 1) -> float:
+    @staticmethod
+    def _estimate_tokens(n_chars: int) -> int:
         # Upper estimate: ~1 token per 2 characters is above every BPE tokenizer's average for text.
-        return n_calls * self._cost(model, n_chars // 2 + 16, max_completion)
+        return n_chars // 2 + 16
+
+    def _estimate(self, model: str, n_chars: int, max_completion: int, n_calls: int = 1) -> float:
+        return n_calls * self._cost(model, self._estimate_tokens(n_chars), max_completion)
+
+    def _account(self, model: str, data: Mapping[str, Any], n_chars: int, max_completion: int,
+                 usage: dict[str, float]) -> tuple[int, int, float]:
+        """Tokens and cost of one reply; the pre-request estimate when the reply has no ``usage``.
+
+        Adds ``prompt_tokens``, ``completion_tokens``, ``cost_usd`` (and ``usage_estimated`` when
+        estimated) to ``usage``; returns ``(prompt_tokens, completion_tokens, cost)``.
+        """
+        counted = _usage(data)
+        if counted is None:
+            pt, ct = self._estimate_tokens(n_chars), int(max_completion)
+            usage["usage_estimated"] = 1.0
+            if not self._warned_usage:
+                self._warned_usage = True
+                logger.warning("the server's replies carry no token usage: cost is counted from the "
+                               "pre-request estimate (about 1 token per 2 characters + max_tokens)")
+        else:
+            pt, ct = counted
+        cost = self._cost(model, pt, ct)
+        usage.update(prompt_tokens=usage.get("prompt_tokens", 0.0) + pt,
+                     completion_tokens=usage.get("completion_tokens", 0.0) + ct,
+                     cost_usd=usage.get("cost_usd", 0.0) + cost)
+        return pt, ct, cost
 
     # ---------------------------------------------------------------- batch engine
 
@@ -516,7 +748,7 @@ class OpenAICompatibleBackend:
                 except _ItemRejected as exc:
                     call = _Call(failure(str(exc)), status=DONE)
                 except MalformedResponseError as exc:
-                    call = _Call(failure(str(exc)), status=FAILED)
+                    call = _Call(failure(self._scrub(str(exc))), status=FAILED)
                 except _RETRYABLE as exc:
                     message = self._scrub(f"gave up after {self.max_retries + 1} attempts: {type(exc).__name__}: {exc}")
                     call = _Call(failure(message), status=FAILED)
@@ -573,7 +805,12 @@ class OpenAICompatibleBackend:
         return spec
 
     def _judge_spec(self, judge: JudgeSpec) -> dict[str, Any]:
-        return {**asdict(judge), "base_url": self.base_url, "json_mode": self.judge_json_mode}
+        spec: dict[str, Any] = {**asdict(judge), "base_url": self.base_url}
+        if self.judge_response_format == "none":
+            spec["json_mode"] = False  # the key earlier records were made under: they stay valid
+        else:
+            spec["response_format"] = self.judge_response_format
+        return spec
 
     # ---------------------------------------------------------------- generation
 
@@ -593,9 +830,8 @@ class OpenAICompatibleBackend:
             "top_logprobs": self.top_k,
         }
         data, attempts = self._post("/chat/completions", body)
-        pt, ct = _usage(data)
-        cost = self._cost(policy.model, pt, ct)
-        usage = {"prompt_tokens": float(pt), "completion_tokens": float(ct), "cost_usd": cost, "attempts": float(attempts)}
+        usage: dict[str, float] = {"attempts": float(attempts)}
+        pt, ct, cost = self._account(policy.model, data, len(prompt) + len(policy.system_prompt), policy.max_tokens, usage)
         try:
             choice = data["choices"][0]
             text = choice["message"]["content"]
@@ -610,9 +846,11 @@ class OpenAICompatibleBackend:
             values = [item.get("logprob") for item in content if isinstance(item, dict)]
             if len(values) == len(content) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 token_logprobs = [float(v) for v in values]
-        if choice.get("finish_reason") == "length":
-            usage["truncated"] = 1.0
-        # Generation.logprob stays None: the chat API omits the end-of-turn token and returns T=1
+                if content and content[-1].get("token") == self.template.end_of_turn:
+                    # vLLM returns the end-of-turn entry too; kept apart so token_logprobs are the text's.
+                    usage["eot_logprob"] = token_logprobs.pop()
+        usage["truncated"] = 1.0 if choice.get("finish_reason") == "length" else 0.0
+        # Generation.logprob stays None: the chat API may omit the end-of-turn token and returns T=1
         # log-probs; the policy's log-prob comes from teacher forcing.
         result = Generation(text=text, logprob=None, token_logprobs=token_logprobs, n_tokens=None, usage=usage)
         return _Call(result, DONE, pt, ct, cost)
@@ -640,8 +878,12 @@ class OpenAICompatibleBackend:
 
     # ---------------------------------------------------------------- teacher forcing
 
-    def _echo(self, text: str, policy: PolicySpec) -> tuple[dict[str, Any], int, int, int]:
-        """One echo call; returns (logprobs block, prompt_tokens, completion_tokens, attempts)."""
+    def _echo(self, text: str, policy: PolicySpec, usage: dict[str, float]) -> tuple[_Echo, int, int, float]:
+        """One echo call of ``text``; returns the verified echo, tokens counted and cost.
+
+        Raises:
+            MalformedResponseError: the reply holds no echoed log-probs, or they do not spell ``text``.
+        """
         body = {
             "model": policy.model,
             "prompt": text,
@@ -652,84 +894,101 @@ class OpenAICompatibleBackend:
             "top_p": 1.0,
         }
         data, attempts = self._post("/completions", body)
-        pt, ct = _usage(data)
-        try:
-            block = data["choices"][0]["logprobs"]
-            tokens, values = block["tokens"], block["token_logprobs"]
-            if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
-                raise TypeError("tokens/token_logprobs missing or of different lengths")
-        except (KeyError, IndexError, TypeError) as exc:
-            raise MalformedResponseError(f"malformed echo completion: {type(exc).__name__}: {exc}") from None
-        return block, pt, ct, attempts
+        usage["attempts"] = usage.get("attempts", 0.0) + attempts
+        pt, ct, cost = self._account(policy.model, data, len(text), 0, usage)
+        return _parse_echo(data, text), pt, ct, cost
 
-    def _scored(self, block: Mapping[str, Any], start: int, temperature: float) -> tuple[float, float, list[float]]:
+    def _scored(self, echo: _Echo, start: int, temperature: float) -> tuple[float, float, list[float]]:
         """Sum of (rescaled) log-probs of tokens ``start..end``; returns (sum, bound, raw per-token)."""
-        tokens, values = block["tokens"], block["token_logprobs"]
-        tops = block.get("top_logprobs") or [None] * len(tokens)
+        tokens, values, tops = echo.tokens, echo.values, echo.tops
         rescale = temperature != 1.0 and not self.echo_applies_temperature
         total, bound, raw = 0.0, 0.0, []
+        if start >= len(tokens):
+            raise ValueError("nothing to score: the span holds no token")
         for i in range(start, len(tokens)):
             value = values[i]
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"token {i} ({tokens[i]!r}) has no finite log-prob: {value!r}")
             raw.append(float(value))
             if rescale:
-                estimate, half = rescale_logprob(float(value), tokens[i], tops[i] if i < len(tops) else None,
-                                                 temperature, self.vocab_size)
+                top = tops[i] if i < len(tops) and isinstance(tops[i], Mapping) else None
+                name = echo.raw[i] if echo.raw else tokens[i]
+                estimate, half = rescale_logprob(float(value), name, top, temperature, self.vocab_size)
                 total, bound = total + estimate, bound + half
             else:
                 total += float(value)
         return total, bound, raw
 
-    def _teacher_force_call(self, prompt: str, response: str, policy: PolicySpec) -> _Call:
-        full, start, _ = self.template.render(prompt, response, policy.system_prompt, with_bos=self.with_bos)
-        block, pt, ct, attempts = self._echo(full, policy)
-        usage: dict[str, float] = {"attempts": float(attempts)}
-        offsets = block.get("text_offset")
-        tokens = block["tokens"]
-        first = None
-        if isinstance(offsets, list) and len(offsets) == len(tokens):
-            first = next((i for i, off in enumerate(offsets) if off == start), None)
-            if first is not None and first < 1:
-                first = None  # the first token of a text has no log-prob
+    def _forced(self, prompt: str, response: str, policy: PolicySpec, ended: bool,
+                usage: dict[str, float]) -> tuple[float, float, int, list[float], int, int, float]:
+        """Teacher-force one reply: ``(logprob, bound, n_tokens, raw per-token, pt, ct, cost)``.
+
+        Raises:
+            ValueError: nothing to score or a token without a finite log-prob.
+            MalformedResponseError: the echo is missing or does not spell the text sent.
+        """
+        full, start, _ = self.template.render(prompt, response, policy.system_prompt, self.with_bos, ended)
+        if start == len(full):
+            raise ValueError("nothing to score: empty response cut at max_tokens (no end of turn)")
+        echo, pt, ct, cost = self._echo(full, policy, usage)
+        first = locate_span(echo.tokens, full, start, echo.first)
+        if first is not None:
+            usage["two_call"] = 0.0
+            logprob, bound, raw = self._scored(echo, first, policy.temperature)
+            return logprob, bound, len(echo.tokens) - first, raw, pt, ct, cost
+        # The boundary falls inside a token: difference of the two texts' totals over the tokens
+        # after their common prefix (identical contexts give identical log-probs).
+        usage["two_call"] = 1.0
+        head, pt2, ct2, cost2 = self._echo(full[:start], policy, usage)
+        # The first token of a text has no log-prob; after a server-added BOS it has one.
+        common = max(echo.first, 1, _common_prefix(echo, head))
+        total_full, bound_full, raw = self._scored(echo, common, policy.temperature)
+        total_head, bound_head, _ = (0.0, 0.0, []) if common >= len(head.tokens) else self._scored(head, common, policy.temperature)
+        return (total_full - total_head, bound_full + bound_head, len(echo.tokens) - common, raw,
+                pt + pt2, ct + ct2, cost + cost2)
+
+    def _teacher_force_call(self, prompt: str, response: str, policy: PolicySpec, ended: bool) -> _Call:
+        usage: dict[str, float] = {"ended": float(ended)}
         try:
-            if first is not None:
-                logprob, bound, _ = self._scored(block, first, policy.temperature)
-                n_tokens = len(tokens) - first
-                usage["two_call"] = 0.0
-            else:
-                # The boundary falls inside a token: difference of the two texts' totals, skipping
-                # the shared leading tokens (identical contexts give identical log-probs).
-                prefix_block, pt2, ct2, attempts2 = self._echo(full[:start], policy)
-                pt, ct = pt + pt2, ct + ct2
-                usage.update(two_call=1.0, attempts=float(attempts + attempts2))
-                common = _common_prefix(block, prefix_block)
-                total_full, bound_full, _ = self._scored(block, max(1, common), policy.temperature)
-                total_prefix, bound_prefix, _ = self._scored(prefix_block, max(1, common), policy.temperature)
-                logprob, bound = total_full - total_prefix, bound_full + bound_prefix
-                n_tokens = len(tokens) - max(1, common)
+            logprob, bound, n_tokens, _, pt, ct, cost = self._forced(prompt, response, policy, ended, usage)
+        except MalformedResponseError as exc:
+            error = f"teacher forcing failed: {self._scrub(str(exc))}"
+            pt, ct, cost = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), usage.get("cost_usd", 0.0)
+            return _Call(TeacherForced(None, error=error, usage=usage), FAILED, pt, ct, cost)
         except ValueError as exc:
-            cost = self._cost(policy.model, pt, ct)
-            usage.update(prompt_tokens=float(pt), completion_tokens=float(ct), cost_usd=cost)
+            pt, ct, cost = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), usage.get("cost_usd", 0.0)
             return _Call(TeacherForced(None, error=f"teacher forcing failed: {exc}", usage=usage), DONE, pt, ct, cost)
-        cost = self._cost(policy.model, pt, ct)
-        usage.update(prompt_tokens=float(pt), completion_tokens=float(ct), cost_usd=cost)
         if not math.isfinite(logprob) or logprob > 0.0:
             error = f"refused teacher-forced log-prob {logprob!r}: must be finite and <= 0"
             return _Call(TeacherForced(None, n_tokens=n_tokens, error=error, usage=usage), DONE, pt, ct, cost)
         return _Call(TeacherForced(logprob, n_tokens=n_tokens, tail_mass_bound=bound, usage=usage), DONE, pt, ct, cost)
 
-    def teacher_force(self, prompt: str, response: str, policy: PolicySpec) -> TeacherForced:
-        """log P_policy(response | prompt), end of turn included (recorded in the store)."""
-        return self.teacher_force_batch([prompt], [response], policy)[0]
+    def teacher_force(self, prompt: str, response: str, policy: PolicySpec, ended: bool = True) -> TeacherForced:
+        """log P_policy(response | prompt), end of turn included when ``ended`` (recorded in the store)."""
+        return self.teacher_force_batch([prompt], [response], policy, [ended])[0]
 
-    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec) -> list[TeacherForced]:
-        """Teacher-force many pairs concurrently; results in input order."""
+    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec,
+                            ended: Sequence[bool] | None = None) -> list[TeacherForced]:
+        """Teacher-force many pairs concurrently; results in input order.
+
+        Args:
+            prompts: User prompts.
+            responses: Replies to score.
+            policy: The scoring policy.
+            ended: Per reply, whether it ended with the end-of-turn token (``False``: cut at
+                ``max_tokens``; no end of turn is scored). ``None``: every reply ended.
+        """
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
+        flags = [True] * len(prompts) if ended is None else [bool(e) for e in ended]
+        if len(flags) != len(prompts):
+            raise ValueError("ended and prompts differ in length")
         spec = self._policy_spec(policy, "teacher_force")
-        keys = [make_key("teacher_force", spec, p, sha256(r)) for p, r in zip(prompts, responses)]
-        tasks = [(lambda p=p, r=r: self._teacher_force_call(p, r, policy)) for p, r in zip(prompts, responses)]
+        # The key names the case: a value computed with the end of turn is never reused without it.
+        keys = [make_key("teacher_force", spec, p, f"{sha256(r)}#ended={int(e)}")
+                for p, r, e in zip(prompts, responses, flags)]
+        tasks = [(lambda p=p, r=r, e=e: self._teacher_force_call(p, r, policy, e))
+                 for p, r, e in zip(prompts, responses, flags)]
         estimates = [
             (policy.model, self._estimate(policy.model, len(p) + len(r) + len(policy.system_prompt) + 200, 0, n_calls=2))
             for p, r in zip(prompts, responses)
@@ -738,6 +997,13 @@ class OpenAICompatibleBackend:
                          lambda e: TeacherForced(None, error=e))
 
     # ---------------------------------------------------------------- judging
+
+    def _response_format(self) -> dict[str, Any] | None:
+        if self.judge_response_format == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "judge_score", "schema": JUDGE_SCHEMA}}
+        if self.judge_response_format == "json_object":
+            return {"type": "json_object"}
+        return None
 
     def _judge_call(self, prompt: str, response: str, judge: JudgeSpec) -> _Call:
         user = f"[User prompt]\n{prompt}\n\n[AI assistant's response]\n{response}"
@@ -748,12 +1014,12 @@ class OpenAICompatibleBackend:
             "top_p": 1.0,
             "max_tokens": judge.max_tokens,
         }
-        if self.judge_json_mode:
-            body["response_format"] = {"type": "json_object"}
+        response_format = self._response_format()
+        if response_format is not None:
+            body["response_format"] = response_format
         data, attempts = self._post("/chat/completions", body)
-        pt, ct = _usage(data)
-        cost = self._cost(judge.model, pt, ct)
-        usage = {"prompt_tokens": float(pt), "completion_tokens": float(ct), "cost_usd": cost, "attempts": float(attempts)}
+        usage: dict[str, float] = {"attempts": float(attempts)}
+        pt, ct, cost = self._account(judge.model, data, len(user) + len(judge.rubric), judge.max_tokens, usage)
         try:
             raw = data["choices"][0]["message"]["content"]
             if raw is None:
@@ -812,11 +1078,14 @@ class OpenAICompatibleBackend:
         """Check access to ``policy.model`` and that teacher forcing reproduces generation log-probs.
 
         For each prompt a response is generated (not recorded), then teacher-forced at T=1 without
-        rescaling; the sum of the response tokens' log-probs (end of turn excluded, since the chat
-        API does not return it) must match the sum of the generation's token log-probs within
-        ``check_tolerance`` nats per token on average. A mismatch usually means a wrong
-        ``chat_template``, a BOS setting (``with_bos``) or a provider that returns processed
-        log-probs.
+        rescaling, with the end of turn only when the reply ended. Whether the chat endpoint's
+        log-probs include the end-of-turn entry is detected from the data (its last token's text is
+        the template's end of turn, or the counts match only with it; vLLM's include it, OpenAI's
+        do not). The sum over the tokens both sides cover must match within ``check_tolerance``
+        nats per token on average. A mismatch usually means a wrong ``chat_template``, a BOS
+        setting (``with_bos``) or a provider that returns processed log-probs. The echo's own noise
+        is measured with ``check_echo_repeats`` identical T=1 calls, and for T != 1 whether the
+        server applies the temperature to echo log-probs is decided by the 1/T signature.
         """
         report = CheckReport(policy.name, policy.model, "PASS")
         try:
@@ -832,49 +1101,116 @@ class OpenAICompatibleBackend:
                 report.verdict = "FAIL"
                 report.details.append("the chat endpoint returned no token log-probs")
                 continue
-            full, start, _ = self.template.render(prompt, gen.text, policy.system_prompt, with_bos=self.with_bos)
+            ended = not gen.usage.get("truncated")
             try:
-                block, *_ = self._echo(full, t1)
+                _, _, _, raw, *_ = self._forced(prompt, gen.text, t1, ended, {})
             except ConfigurationError as exc:
                 return CheckReport(policy.name, policy.model, "ERROR", [str(exc)])
             except (MalformedResponseError, *_RETRYABLE) as exc:
                 return CheckReport(policy.name, policy.model, "ERROR", [self._scrub(f"echo failed: {exc}")])
-            offsets = block.get("text_offset") or []
-            first = next((i for i, off in enumerate(offsets) if off == start), None)
-            if first is None or first < 1:
+            except ValueError as exc:
                 report.verdict = "FAIL"
-                report.details.append("response start not found at a token boundary in the echo (template mismatch?)")
+                report.details.append(f"teacher forcing failed: {exc}")
                 continue
-            _, _, raw = self._scored(block, first, 1.0)
-            forced = sum(raw[:-1])  # drop the end-of-turn token
-            generated = sum(gen.token_logprobs)
-            n = max(1, len(gen.token_logprobs))
-            diff = abs(forced - generated) / n
+            generated = list(gen.token_logprobs)
+            forced_part = raw
+            if ended:
+                eot = self._chat_eot(gen, len(generated), len(raw))
+                if eot is not None:
+                    report.chat_includes_eot = eot if report.chat_includes_eot is None else report.chat_includes_eot and eot
+                if "eot_logprob" in gen.usage:
+                    generated.append(gen.usage["eot_logprob"])
+                elif not eot:
+                    forced_part = raw[:-1]  # the chat API omitted the end of turn: compare without it
+            forced, total = sum(forced_part), sum(generated)
+            n = max(1, len(generated))
+            diff = abs(forced - total) / n
             worst = max(worst, diff)
-            ok = diff <= self.check_tolerance
+            ok = diff <= self.check_tolerance and len(generated) == len(forced_part)
             report.details.append(
-                f"{'ok ' if ok else 'BAD'} tokens gen={len(gen.token_logprobs)} forced={len(raw) - 1} "
-                f"sum gen={generated:.3f} forced={forced:.3f} |diff|/token={diff:.4f}"
+                f"{'ok ' if ok else 'BAD'} tokens gen={len(generated)} forced={len(forced_part)} "
+                f"({'ended' if ended else 'cut at max_tokens'}) sum gen={total:.3f} forced={forced:.3f} "
+                f"|diff|/token={diff:.4f}"
             )
             if not ok:
                 report.verdict = "FAIL"
         report.max_abs_diff_per_token = worst
-        if policy.temperature != 1.0 and report.verdict != "ERROR" and gens and not gens[-1].error:
-            self._check_echo_temperature(policy, t1, prompts[-1], gens[-1].text, report)
+        if report.chat_includes_eot is not None:
+            report.details.append(
+                f"chat log-probs {'include' if report.chat_includes_eot else 'omit'} the end-of-turn entry (detected)"
+            )
+        done = [(p, g) for p, g in zip(prompts, gens) if not g.error]
+        if report.verdict != "ERROR" and done:
+            prompt, gen = done[0]
+            self._check_echo_noise(t1, prompt, gen, report)
+            if policy.temperature != 1.0 and report.verdict != "ERROR":
+                self._check_echo_temperature(policy, t1, prompt, gen, report)
         return report
 
-    def _check_echo_temperature(self, policy: PolicySpec, t1: PolicySpec, prompt: str, text: str, report: CheckReport) -> None:
-        """Does the provider apply the sent temperature to echo log-probs? Must match the option."""
-        full, _, _ = self.template.render(prompt, text, policy.system_prompt, with_bos=self.with_bos)
+    def _chat_eot(self, gen: Generation, n_generated: int, n_forced: int) -> bool | None:
+        """Does the chat endpoint's log-prob list hold the end-of-turn entry (reply ended)?"""
+        if "eot_logprob" in gen.usage:
+            return True  # its last token's text was the template's end of turn
+        if n_generated == n_forced:
+            return True  # counts match only with it (its text differs from the template's)
+        if n_generated == n_forced - 1:
+            return False
+        return None
+
+    def _echo_rows(self, text: str, policy: PolicySpec) -> _Echo:
+        return self._echo(text, policy, {})[0]
+
+    def _check_echo_noise(self, t1: PolicySpec, prompt: str, gen: Generation, report: CheckReport) -> None:
+        """Repeat one T=1 echo and report the per-token spread (nats) of identical requests."""
+        full, _, _ = self.template.render(prompt, gen.text, t1.system_prompt, self.with_bos,
+                                          not gen.usage.get("truncated"))
         try:
-            at_t = self._echo(full, policy)[0]["token_logprobs"][1:]
-            at_1 = self._echo(full, t1)[0]["token_logprobs"][1:]
+            echoes = [self._echo_rows(full, t1) for _ in range(self.check_echo_repeats)]
+        except (ConfigurationError, MalformedResponseError, *_RETRYABLE) as exc:
+            report.verdict = "ERROR"
+            report.details.append(self._scrub(f"echo for the noise measurement failed: {exc}"))
+            return
+        diffs = []
+        for a, b in zip(echoes, echoes[1:]):
+            diffs.extend(abs(x - y) for x, y in zip(a.values, b.values) if _finite(x) and _finite(y))
+        if diffs:
+            report.echo_noise_mean = float(np.mean(diffs))
+            report.echo_noise_max = float(np.max(diffs))
+            report.details.append(
+                f"echo noise over {self.check_echo_repeats} identical T=1 calls: mean |diff| "
+                f"{report.echo_noise_mean:.2e} nats/token, max {report.echo_noise_max:.2e}"
+            )
+
+    def _check_echo_temperature(self, policy: PolicySpec, t1: PolicySpec, prompt: str, gen: Generation,
+                                report: CheckReport) -> None:
+        """Does the provider apply the sent temperature to echo log-probs? Must match the option.
+
+        At temperature T the log-probs of one position relate to those at T=1 as l/T - c (c
+        constant within the position), so the slope of the T-echo's log-probs on the T=1 echo's,
+        fitted within positions over the top-k entries, is 1/T when the server applies T and 1 when
+        it does not; noise does not move the slope. Without top-k entries the mean |difference|
+        per token is compared with the measured noise instead.
+        """
+        full, _, _ = self.template.render(prompt, gen.text, policy.system_prompt, self.with_bos,
+                                          not gen.usage.get("truncated"))
+        try:
+            at_t, at_1 = self._echo_rows(full, policy), self._echo_rows(full, t1)
         except (ConfigurationError, MalformedResponseError, *_RETRYABLE) as exc:
             report.verdict = "ERROR"
             report.details.append(self._scrub(f"echo at T={policy.temperature} failed: {exc}"))
             return
-        applied = any(abs(a - b) > 1e-6 for a, b in zip(at_t, at_1) if a is not None and b is not None)
-        report.details.append(f"echo log-probs {'change' if applied else 'do not change'} with temperature "
+        inverse = 1.0 / policy.temperature
+        slope = _within_position_slope(at_1.tops, at_t.tops)
+        if slope is not None:
+            report.echo_temperature_slope = slope
+            applied = abs(slope - inverse) < abs(slope - 1.0)
+            how = f"slope of T-echo on T=1 echo {slope:.3f} (1/T = {inverse:.3f}, no temperature = 1)"
+        else:
+            diffs = [abs(a - b) for a, b in zip(at_t.values, at_1.values) if _finite(a) and _finite(b)]
+            floor = 3.0 * (report.echo_noise_max or 0.0) + 1e-6
+            applied = bool(diffs) and float(np.mean(diffs)) > floor
+            how = f"mean |diff| {np.mean(diffs) if diffs else float('nan'):.2e} vs noise floor {floor:.2e} (no top-k to fit 1/T)"
+        report.details.append(f"echo log-probs {'apply' if applied else 'do not apply'} the temperature: {how} "
                               f"(echo_applies_temperature={self.echo_applies_temperature})")
         if applied != self.echo_applies_temperature:
             report.verdict = "FAIL"
@@ -889,20 +1225,101 @@ class _ItemRejected(RuntimeError):
     """HTTP 400 that concerns only this item (e.g. prompt longer than the context window)."""
 
 
-def _usage(data: Mapping[str, Any]) -> tuple[int, int]:
-    usage = data.get("usage") or {}
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _usage(data: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` from the reply's ``usage``; ``None`` when absent."""
+    usage = data.get("usage")
+    if not isinstance(usage, Mapping) or usage.get("prompt_tokens") is None:
+        return None
     try:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (TypeError, ValueError, AttributeError):
-        return 0, 0
+    except (TypeError, ValueError):
+        return None
 
 
-def _common_prefix(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
-    """Number of leading tokens two echo blocks share (same token text and offset)."""
-    ta, tb = a["tokens"], b["tokens"]
-    oa, ob = a.get("text_offset") or [None] * len(ta), b.get("text_offset") or [None] * len(tb)
+def _logprob_blocks(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Candidate echo blocks of a completions reply, in the order they are tried."""
+    blocks: list[tuple[str, Any]] = []
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        blocks.append(("choices[0].logprobs", choices[0].get("logprobs")))
+        prompt = choices[0].get("prompt")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
+            blocks.append(("choices[0].prompt[0].logprobs", prompt[0].get("logprobs")))
+    prompt = data.get("prompt")  # Together: echoed log-probs at the top level
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
+        blocks.append(("prompt[0].logprobs", prompt[0].get("logprobs")))
+    return blocks
+
+
+def _parse_echo(data: Mapping[str, Any], text: str) -> _Echo:
+    """The echoed log-probs of ``text`` from a completions reply (OpenAI or Together shape).
+
+    Raises:
+        MalformedResponseError: no block holds tokens that spell ``text`` (absent or empty echo,
+            or a server that ignored ``echo`` and scored something else).
+    """
+    seen = []
+    for where, block in _logprob_blocks(data):
+        if not isinstance(block, Mapping):
+            seen.append(f"{where} absent")
+            continue
+        tokens, values = block.get("tokens"), block.get("token_logprobs")
+        if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+            seen.append(f"{where} without tokens/token_logprobs of equal length")
+            continue
+        if not tokens:
+            seen.append(f"{where} empty")
+            continue
+        if not all(isinstance(t, str) for t in tokens):
+            seen.append(f"{where} has non-text tokens")
+            continue
+        for reading in token_text_variants(tokens):
+            first = echo_text_start(reading, text)
+            if first is not None:
+                break
+        else:
+            seen.append(f"{where} has {len(tokens)} tokens that do not spell the text sent")
+            continue
+        tops = block.get("top_logprobs")
+        if not isinstance(tops, list) or len(tops) != len(tokens):
+            tops = [None] * len(tokens)
+        # Top-k entries stay keyed by the server's token text, as the scored token is looked up there.
+        return _Echo(reading, list(values), list(tops), first, list(tokens))
+    found = "; ".join(seen) if seen else "no choices"
+    raise MalformedResponseError(
+        f"no echo of the text sent in the completions reply ({found}): the server ignored echo=True "
+        "or returns the echo in an unknown shape"
+    )
+
+
+def _common_prefix(a: _Echo, b: _Echo) -> int:
+    """Number of leading tokens two echoes share (same token text)."""
     n = 0
     # The last token of the shorter text may continue differently in the longer one: never share it.
-    while n < min(len(ta), len(tb)) - 1 and ta[n] == tb[n] and oa[n] == ob[n]:
+    while n < min(len(a.tokens), len(b.tokens)) - 1 and a.tokens[n] == b.tokens[n]:
         n += 1
     return n
+
+
+def _within_position_slope(x_tops: Sequence[Any], y_tops: Sequence[Any]) -> float | None:
+    """Least-squares slope of y on x over the top-k entries both echoes show, centred per position.
+
+    ``None`` when fewer than 2 entries per position or no spread (e.g. no top-k returned).
+    """
+    sxy = sxx = 0.0
+    for xs, ys in zip(x_tops, y_tops):
+        if not isinstance(xs, Mapping) or not isinstance(ys, Mapping):
+            continue
+        keys = [k for k in xs if k in ys and _finite(xs[k]) and _finite(ys[k])]
+        if len(keys) < 2:
+            continue
+        x = np.array([xs[k] for k in keys], dtype=float)
+        y = np.array([ys[k] for k in keys], dtype=float)
+        x, y = x - x.mean(), y - y.mean()
+        sxy += float(x @ y)
+        sxx += float(x @ x)
+    return sxy / sxx if sxx > 0 else None

@@ -27,7 +27,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -285,9 +285,12 @@ class StoredBackend:
         key = make_key("generate", {**_policy_spec_dict(policy), **self.spec_extra}, prompt, str(seed))
         return self._run(key, policy.name, lambda: self.backend.generate(prompt, policy, seed))
 
-    def teacher_force(self, prompt: str, response: str, policy: PolicySpec) -> TeacherForced:
-        key = make_key("teacher_force", {**_policy_spec_dict(policy), **self.spec_extra}, prompt, sha256(response))
-        return self._run(key, policy.name, lambda: self.backend.teacher_force(prompt, response, policy))
+    def teacher_force(self, prompt: str, response: str, policy: PolicySpec, ended: bool | None = None) -> TeacherForced:
+        item = sha256(response) if ended is None else f"{sha256(response)}#ended={int(ended)}"
+        key = make_key("teacher_force", {**_policy_spec_dict(policy), **self.spec_extra}, prompt, item)
+        if ended is None:
+            return self._run(key, policy.name, lambda: self.backend.teacher_force(prompt, response, policy))
+        return self._run(key, policy.name, lambda: self.backend.teacher_force(prompt, response, policy, ended=ended))
 
     def judge(self, prompt: str, response: str, judge: JudgeSpec) -> Judgement:
         key = make_key("judge", {**asdict(judge), **self.spec_extra}, prompt, sha256(response))
@@ -296,8 +299,10 @@ class StoredBackend:
     def generate_batch(self, prompts: list[str], policy: PolicySpec, seeds: list[int]) -> list[Generation]:
         return [self.generate(p, policy, s) for p, s in zip(prompts, seeds, strict=True)]
 
-    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec) -> list[TeacherForced]:
-        return [self.teacher_force(p, r, policy) for p, r in zip(prompts, responses, strict=True)]
+    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec,
+                            ended: Sequence[bool] | None = None) -> list[TeacherForced]:
+        flags = [None] * len(prompts) if ended is None else [bool(e) for e in ended]
+        return [self.teacher_force(p, r, policy, e) for p, r, e in zip(prompts, responses, flags, strict=True)]
 
     def judge_batch(self, prompts: list[str], responses: list[str], judge: JudgeSpec) -> list[Judgement]:
         return [self.judge(p, r, judge) for p, r in zip(prompts, responses, strict=True)]

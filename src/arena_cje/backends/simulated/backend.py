@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -165,17 +166,26 @@ class SimulatedBackend:
         return gens
 
     # ------------------------------------------------------------------ teacher forcing
-    def teacher_force(self, prompt: str, response: str, policy: PolicySpec) -> TeacherForced:
-        """``log P_policy(response | prompt)``, EOT included unless the response has ``max_tokens`` words."""
-        return self.teacher_force_batch([prompt], [response], policy)[0]
+    def teacher_force(self, prompt: str, response: str, policy: PolicySpec, ended: bool | None = None) -> TeacherForced:
+        """``log P_policy(response | prompt)``, EOT included unless the response has ``max_tokens`` words
+        (or ``ended`` is ``False``: the response was cut at the logging policy's ``max_tokens``)."""
+        return self.teacher_force_batch([prompt], [response], policy, None if ended is None else [ended])[0]
 
-    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec) -> list[TeacherForced]:
-        """Teacher-force many pairs; identical float to the generation log-prob of the same text."""
+    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec,
+                            ended: Sequence[bool] | None = None) -> list[TeacherForced]:
+        """Teacher-force many pairs; identical float to the generation log-prob of the same text.
+
+        ``ended`` (per response, from generation) says whether the response ended with EOT; when
+        given, EOT is scored exactly for the ended ones. A response that ended but has
+        ``max_tokens`` words or more is impossible under ``policy`` (error).
+        """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if ended is not None and len(ended) != len(prompts):
+            raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
         pol = self._policy(policy)
         out = []
-        for prompt, response in zip(prompts, responses, strict=True):
+        for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             words = response.split()
             unknown = [w for w in words if w not in WORD_INDEX]
             if unknown:
@@ -189,8 +199,15 @@ class SimulatedBackend:
                     f"response has {len(words)} tokens > max_tokens={policy.max_tokens}: impossible under"
                     f" policy {policy.name}")))
                 continue
-            ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
             include_eot = len(words) < policy.max_tokens
+            if ended is not None:
+                if ended[i] and not include_eot:
+                    out.append(TeacherForced(logprob=None, n_tokens=None, error=(
+                        f"response ended after {len(words)} tokens = max_tokens={policy.max_tokens}: no end of turn"
+                        f" is possible there under policy {policy.name}")))
+                    continue
+                include_eot = bool(ended[i])
+            ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
             total, _ = WorldModel.score(self._tables(prompt, policy, pol), ids, include_eot)
             out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
                                      tail_mass_bound=0.0))

@@ -72,7 +72,9 @@ def teacher_force_logged_responses(
     """Score the logging policy's responses under every policy (itself included).
 
     ``logprob = log P_policy(response | prompt)`` summed over the response tokens including
-    end of turn. Missing values stay missing (``NaN`` with ``error``); never 0.0.
+    end of turn when the response ended (a response cut at ``max_tokens``, ``truncated``, never
+    produced one and is scored without it). Missing values stay missing (``NaN`` with ``error``);
+    never 0.0.
 
     Returns:
         Columns ``prompt_id, policy, logprob, n_tokens, tail_mass_bound, error``.
@@ -84,7 +86,8 @@ def teacher_force_logged_responses(
     client = backend_from_params(backend)
     frames = []
     for name, spec in specs.items():
-        results = teacher_force_batch(client, logged["prompt"].tolist(), logged["response"].tolist(), spec)
+        results = teacher_force_batch(client, logged["prompt"].tolist(), logged["response"].tolist(), spec,
+                                      ended=logged["ended"].tolist())
         frames.append(
             pd.DataFrame(
                 {
@@ -163,8 +166,9 @@ def compute_true_values(
 
 
 def _logged_responses(prompts: pd.DataFrame, responses: pd.DataFrame, logging_policy: str) -> pd.DataFrame:
-    logged = responses[responses["policy"] == logging_policy][["prompt_id", "response", "error"]]
+    logged = responses[responses["policy"] == logging_policy][["prompt_id", "response", "truncated", "error"]]
     logged = logged[logged["error"].isna()]
+    logged = logged.assign(ended=~logged["truncated"].fillna(False).astype(bool))
     return prompts[["prompt_id", "prompt"]].merge(logged, on="prompt_id", how="inner")
 
 
