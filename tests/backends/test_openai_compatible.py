@@ -339,7 +339,7 @@ def test_check_models_and_status_commands_logic(server, tmp_path):
 
     store = tmp_path / "store.sqlite"
     params = {
-        "backend": {"name": "openai_compatible", "options": {
+        "backend": {"name": "openai_compatible", "openai_compatible": {
             "base_url": server.url, "store_path": str(store), "progress": False, "vocab_size": 256,
             "api_key_env": "ARENA_TEST_NO_SUCH_VAR"}},
         "policy_defaults": {"model": "fake-llm", "max_tokens": 32},
