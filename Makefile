@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup setup-local run run-local test viz clean-data
+.PHONY: setup setup-local setup-vllm vllm-start vllm-stop run run-local test test-fast viz clean-data
 
 $(BIN)/kedro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,29 @@ setup: $(BIN)/kedro  ## create .venv and install the project
 setup-local: setup  ## add the local LLM backend (CPU torch, transformers, SmolLM2 weights)
 	VENV=$(VENV) bash scripts/install_local_llm.sh
 
+setup-vllm: setup-local  ## a real OpenAI-compatible server: vLLM's CPU build in .venv-vllm (serves the local SmolLM2)
+	PROJECT_PY=$(BIN)/python bash scripts/vllm_server.sh install
+
+vllm-start: setup-vllm  ## serve SmolLM2 on 127.0.0.1:8765 for `kedro run --env vllm_local`
+	PROJECT_PY=$(BIN)/python bash scripts/vllm_server.sh start
+
+vllm-stop:  ## stop that server
+	bash scripts/vllm_server.sh stop
+
 run: setup  ## run the whole experiment offline on the simulated backend
 	$(BIN)/kedro run
 
 run-local: setup-local  ## run the whole experiment offline on a real small LLM (SmolLM2-135M)
 	$(BIN)/kedro run --env local_llm
 
-test: setup-local  ## run the test suite (the local-LLM tests included)
-	$(BIN)/pytest -q
+test: setup-local setup-vllm  ## run the whole test suite (local LLM and the real vLLM server included)
+	$(BIN)/pytest -q --durations=15
+
+test-fast: setup  ## the inner loop: tests not marked slow, no torch, no vLLM (a few minutes)
+	ARENA_CJE_SKIP_VLLM=1 $(BIN)/pytest -q -m "not slow" --durations=10
 
 viz: setup  ## build the kedro-viz site into build/viz (offline)
 	$(BIN)/kedro viz build
 
 clean-data:  ## delete everything the runs wrote under data/
-	find data -type f ! -name .gitkeep -delete
+	find data -type f ! -name .gitkeep ! -path "data/01_raw/arena_demo/*" -delete

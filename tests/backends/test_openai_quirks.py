@@ -400,3 +400,49 @@ def test_undecoded_byte_level_and_sentencepiece_tokens_still_spell_the_text():
     sentencepiece = ["<s>", "▁Hi", "▁café", "<0x0A>", "there"]  # dummy prefix, byte fallback
     assert any(echo_text_start(v, text) == 1 for v in token_text_variants(sentencepiece))
     assert not any(echo_text_start(v, "Hi cafe\nthere") is not None for v in token_text_variants(byte_level))
+
+
+# ------------------------------------------------------------------------------ seen on vLLM 0.32 (CPU)
+
+
+def test_locate_span_with_vllm_empty_pieces_of_a_split_character():
+    """vLLM decodes each token alone: the leading bytes of 良 come back as "", "" and then "良".
+
+    The boundary after the assistant header is a token boundary; the empty pieces belong to the
+    reply (the prompt side ends in a whole character), so the earliest candidate is the span.
+    """
+    head = "<|im_start|>assistant\n"
+    tokens = ["<|im_start|>", "assistant", "\n", "", "", "良", "く", "!"]
+    text = head + "良く!"
+    assert locate_span(tokens, text, len(head)) == 3
+    # A reply starting with a whole character is unaffected.
+    assert locate_span(["<|im_start|>", "assistant", "\n", "Hi", "!"], head + "Hi!", len(head)) == 3
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.5, 0.9])
+def test_rescale_bound_holds_when_tokens_of_the_same_text_collapse_in_the_top_k(temperature):
+    """Top-k maps keyed by text lose entries (vLLM: several pieces of split characters are all "").
+
+    Flagged incomplete, the bound must still hold, whichever entry the server kept.
+    """
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        vocab = int(rng.integers(30, 300))
+        logits = rng.normal(0, rng.uniform(0.5, 5), vocab)
+        k = int(rng.integers(3, 10))
+        lp1 = logits - np.logaddexp.reduce(logits)
+        lpt = logits / temperature - np.logaddexp.reduce(logits / temperature)
+        order = [int(j) for j in np.argsort(-lp1)]
+        i = order[int(rng.integers(0, min(vocab, 2 * k)))]
+        shown = order[:k] + ([i] if i not in order[:k] else [])
+        # Some shown tokens, the scored one possibly among them, decode to "" and collapse.
+        blank = {j for j in shown if rng.random() < 0.4}
+        top: dict[str, float] = {}
+        for j in shown:
+            top["" if j in blank else f"t{j}"] = float(lp1[j])  # later entries overwrite earlier
+        name = "" if i in blank else f"t{i}"
+        from arena_cje.backends.openai_compatible import _top_complete
+
+        estimate, half = rescale_logprob(float(lp1[i]), name, top, temperature, vocab,
+                                         complete=_top_complete(top, k))
+        assert abs(estimate - lpt[i]) <= half + 1e-9

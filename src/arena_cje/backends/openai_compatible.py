@@ -254,6 +254,11 @@ def locate_span(tokens: Sequence[str], text: str, start: int, first: int = 0) ->
     ``text[start:]`` were merged with the text before into one token), or when replacement
     characters let two boundaries spell it (a multi-byte character split around the boundary:
     which bytes are the prompt's cannot be told).
+
+    Empty token texts are the leading bytes of a multi-byte character that a later token
+    completes (vLLM decodes each token alone and shows such pieces as ``""``: 良 is ``"", "", "良"``).
+    When the candidate boundaries differ only by such empty tokens, the earliest is the right one:
+    ``text[:start]`` ends in a whole character, so bytes of an unfinished one belong to the reply.
     """
     target, head = text[start:], text[:start]
     found = []
@@ -263,7 +268,9 @@ def locate_span(tokens: Sequence[str], text: str, start: int, first: int = 0) ->
             break
         if spells(tail, target) and spells(tokens[first:j], head):
             found.append(j)
-    return found[0] if len(found) == 1 else None
+    if found and all(t == "" for t in tokens[min(found):max(found)]):
+        return min(found)
+    return None
 
 
 def rescale_logprob(
@@ -272,6 +279,7 @@ def rescale_logprob(
     top: Mapping[str, float] | None,
     temperature: float,
     vocab_size: int,
+    complete: bool = True,
 ) -> tuple[float, float]:
     """Temperature-scaled log-prob of one token from T=1 top-k log-probs, with an error bound.
 
@@ -288,6 +296,11 @@ def rescale_logprob(
         top: Top-k tokens -> T=1 log-probs at this position (possibly with the scored token added).
         temperature: Policy temperature T > 0.
         vocab_size: V, the model's vocabulary size (bounds the number of unseen tokens).
+        complete: ``False`` when ``top`` lost entries: servers key it by decoded token text, so
+            tokens with the same text (vLLM shows every piece of a split multi-byte character as
+            ``""``) collapse into one entry. An unseen token may then be one of the k best, so
+            the cap falls back to R, the whole unseen mass (no unseen token exceeds it): the
+            bound stays valid and widens.
 
     Returns:
         ``(estimate, half_width)``; ``(logprob, 0.0)`` when T == 1.
@@ -298,16 +311,19 @@ def rescale_logprob(
         return logprob, 0.0
     beta = 1.0 / temperature
     top = dict(top or {})
-    alternatives = [v for t, v in top.items() if t != token]
+    alternatives = [v for t, v in top.items() if t != token or abs(v - logprob) > 1e-9]
     # Every unseen token is below the k-th best alternative; the scored token's own entry is no
     # cap (when it is not in the top k it lies below the k-th). With no alternative shown, the
     # scored token is the best one (or nothing is known: cap 1).
     cap = math.exp(min(alternatives)) if alternatives else (math.exp(logprob) if top else 1.0)
-    known = {**top, token: logprob}
-    seen_mass = sum(math.exp(v) for v in known.values())
+    # An entry under the scored token's text with another value is another token of that text.
+    known = alternatives + [logprob]
+    seen_mass = sum(math.exp(v) for v in known)
     tail = max(0.0, 1.0 - seen_mass)
+    if not complete:
+        cap = max(cap, tail)
     n_tail = max(1, int(vocab_size) - len(known))
-    s_known = sum(math.exp(beta * v) for v in known.values())
+    s_known = sum(math.exp(beta * v) for v in known)
     if tail > 0.0:
         concentrated = tail * cap ** (beta - 1.0)
         spread = tail**beta * n_tail ** (1.0 - beta)
@@ -356,7 +372,7 @@ class _Budget:
             if self.cap is not None and self.spent + self.reserved + estimate > self.cap:
                 raise BudgetExceededError(
                     f"budget cap reached: spent ${self.spent:.4f} + in flight ${self.reserved:.4f} + next request "
-                    f"up to ${estimate:.4f} would exceed backend.options.budget_usd = ${self.cap:.2f}; raise the cap "
+                    f"up to ${estimate:.4f} would exceed backend.openai_compatible.budget_usd = ${self.cap:.2f}; raise the cap "
                     "to continue (completed requests are kept and will not be repeated)"
                 )
             self.reserved += estimate
@@ -445,7 +461,7 @@ _JUDGE_FORMATS = ("json_schema", "json_object", "none")
 class OpenAICompatibleBackend:
     """OpenAI-compatible HTTP backend with concurrency, retries, a durable record and a budget.
 
-    All keyword arguments come from ``backend.options`` in the parameters (the API key from
+    All keyword arguments come from ``backend.openai_compatible`` in the parameters (the API key from
     Kedro's credentials).
 
     Args:
@@ -477,6 +493,10 @@ class OpenAICompatibleBackend:
             ``judge_json_mode`` is set, else ``none``.
         check_tolerance: Allowed mean |difference| per token (nats) in :meth:`self_check`.
         check_echo_repeats: Identical T=1 echo calls in :meth:`self_check` to measure echo noise.
+        echo_token_ids: The server can key echo log-probs by token id (vLLM's
+            ``return_tokens_as_token_ids``). Then, for a row whose top-k lost entries to tokens of
+            the same text (pieces of multi-byte characters), a second echo keyed by id gives the
+            exact rescaling; without it such positions get a wider (still valid) bound.
         progress: Show tqdm progress bars.
     """
 
@@ -505,20 +525,21 @@ class OpenAICompatibleBackend:
         judge_response_format: str | None = None,
         check_tolerance: float = 0.02,
         check_echo_repeats: int = 3,
+        echo_token_ids: bool = False,
         progress: bool = True,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("backend.options.concurrency must be >= 1")
+            raise ValueError("backend.openai_compatible.concurrency must be >= 1")
         if not 0.0 <= judge_rescore_fraction <= 1.0:
-            raise ValueError("backend.options.judge_rescore_fraction must be in [0, 1]")
+            raise ValueError("backend.openai_compatible.judge_rescore_fraction must be in [0, 1]")
         if judge_response_format is None:
             judge_response_format = "json_schema" if judge_json_mode else "none"
         if judge_response_format not in _JUDGE_FORMATS:
             raise ValueError(
-                f"backend.options.judge_response_format: {judge_response_format!r} is not one of {list(_JUDGE_FORMATS)}"
+                f"backend.openai_compatible.judge_response_format: {judge_response_format!r} is not one of {list(_JUDGE_FORMATS)}"
             )
         if check_echo_repeats < 2:
-            raise ValueError("backend.options.check_echo_repeats must be >= 2 (noise is a difference of repeats)")
+            raise ValueError("backend.openai_compatible.check_echo_repeats must be >= 2 (noise is a difference of repeats)")
         self.base_url = base_url.rstrip("/")
         self.template: ChatTemplate = get_template(chat_template)
         self.with_bos = bool(with_bos)
@@ -536,6 +557,7 @@ class OpenAICompatibleBackend:
         self.judge_response_format = judge_response_format
         self.check_tolerance = float(check_tolerance)
         self.check_echo_repeats = int(check_echo_repeats)
+        self.echo_token_ids = bool(echo_token_ids)
         self.progress = bool(progress)
         self._key = resolve_api_key(api_key, api_key_env)
         self._key_hint = (
@@ -560,7 +582,7 @@ class OpenAICompatibleBackend:
         self._budget = _Budget(budget_usd, self.store.total_cost() if self.store else 0.0)
         self._warned_usage = False
         if budget_usd is not None and not self.prices:
-            raise ValueError("backend.options.budget_usd needs backend.options.prices to count the cost")
+            raise ValueError("backend.openai_compatible.budget_usd needs backend.openai_compatible.prices to count the cost")
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatibleBackend(base_url={self.base_url!r}, template={self.template.name!r})"
@@ -624,7 +646,7 @@ class OpenAICompatibleBackend:
         fixes = {
             401: f"the API key is missing or invalid: {self._key_hint}",
             403: "the API key has no access to this model or endpoint: check the account's permissions",
-            404: "model or endpoint not found: check backend.options.base_url and the model id in policies/judge",
+            404: "model or endpoint not found: check backend.openai_compatible.base_url and the model id in policies/judge",
             400: "the server rejected the request parameters: check max_tokens, top_k_logprobs (providers "
             "cap it, often at 5), judge_response_format, and that the endpoint supports echo/logprobs",
         }
@@ -667,7 +689,7 @@ class OpenAICompatibleBackend:
         price = self.prices.get(model, self.prices.get("default"))
         if price is None:
             if self._budget.cap is not None:
-                raise ConfigurationError(f"no price for model {model!r} in backend.options.prices (needed by budget_usd)")
+                raise ConfigurationError(f"no price for model {model!r} in backend.openai_compatible.prices (needed by budget_usd)")
             return 0.0, 0.0
         return float(price.get("prompt", 0.0)), float(price.get("completion", 0.0))
 
@@ -802,6 +824,8 @@ class OpenAICompatibleBackend:
                 template=asdict(self.template), with_bos=self.with_bos, top_k=self.top_k, vocab_size=self.vocab_size,
                 echo_applies_temperature=self.echo_applies_temperature,
             )
+            if self.echo_token_ids:  # changes the rescaled values of rows with lossy top-k maps
+                spec["echo_token_ids"] = True
         return spec
 
     def _judge_spec(self, judge: JudgeSpec) -> dict[str, Any]:
@@ -913,7 +937,8 @@ class OpenAICompatibleBackend:
             if rescale:
                 top = tops[i] if i < len(tops) and isinstance(tops[i], Mapping) else None
                 name = echo.raw[i] if echo.raw else tokens[i]
-                estimate, half = rescale_logprob(float(value), name, top, temperature, self.vocab_size)
+                estimate, half = rescale_logprob(float(value), name, top, temperature, self.vocab_size,
+                                                 complete=_top_complete(top, self.top_k))
                 total, bound = total + estimate, bound + half
             else:
                 total += float(value)
@@ -934,6 +959,9 @@ class OpenAICompatibleBackend:
         first = locate_span(echo.tokens, full, start, echo.first)
         if first is not None:
             usage["two_call"] = 0.0
+            if self._needs_id_echo(echo, first, policy.temperature):
+                echo, pt2, ct2, cost2 = self._id_echo(full, policy, usage, echo)
+                pt, ct, cost = pt + pt2, ct + ct2, cost + cost2
             logprob, bound, raw = self._scored(echo, first, policy.temperature)
             return logprob, bound, len(echo.tokens) - first, raw, pt, ct, cost
         # The boundary falls inside a token: difference of the two texts' totals over the tokens
@@ -946,6 +974,40 @@ class OpenAICompatibleBackend:
         total_head, bound_head, _ = (0.0, 0.0, []) if common >= len(head.tokens) else self._scored(head, common, policy.temperature)
         return (total_full - total_head, bound_full + bound_head, len(echo.tokens) - common, raw,
                 pt + pt2, ct + ct2, cost + cost2)
+
+    def _needs_id_echo(self, echo: _Echo, first: int, temperature: float) -> bool:
+        """Is a second echo keyed by token ids worth sending (``echo_token_ids`` and lossy top-k)?"""
+        if not self.echo_token_ids or temperature == 1.0 or self.echo_applies_temperature:
+            return False
+        return any(not _top_complete(top if isinstance(top, Mapping) else None, self.top_k) for top in echo.tops[first:])
+
+    def _id_echo(self, text: str, policy: PolicySpec, usage: dict[str, float], text_echo: _Echo) -> tuple[_Echo, int, int, float]:
+        """The same echo with tokens and top-k keyed by token id (vLLM's ``return_tokens_as_token_ids``).
+
+        Positions come from the text echo (already verified to spell the text); the id echo must
+        have as many tokens and the same log-probs, otherwise it is not the same tokenisation.
+
+        Raises:
+            MalformedResponseError: the id echo does not line up with the text echo.
+        """
+        body = {"model": policy.model, "prompt": text, "echo": True, "max_tokens": 0, "logprobs": max(1, self.top_k),
+                "temperature": policy.temperature, "top_p": 1.0, "return_tokens_as_token_ids": True}
+        data, attempts = self._post("/completions", body)
+        usage["attempts"] = usage.get("attempts", 0.0) + attempts
+        usage["id_echo"] = 1.0
+        pt, ct, cost = self._account(policy.model, data, len(text), 0, usage)
+        try:
+            block = data["choices"][0]["logprobs"]
+            ids, values, tops = block["tokens"], block["token_logprobs"], block["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise MalformedResponseError(f"echo with token ids: no logprobs block ({type(exc).__name__})") from None
+        same = len(ids) == len(text_echo.tokens) and all(
+            (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-6)
+            for a, b in zip(values, text_echo.values)
+        )
+        if not same:
+            raise MalformedResponseError("echo with token ids does not line up with the text echo (different tokenisation)")
+        return _Echo(text_echo.tokens, list(values), list(tops), text_echo.first, list(ids)), pt, ct, cost
 
     def _teacher_force_call(self, prompt: str, response: str, policy: PolicySpec, ended: bool) -> _Call:
         usage: dict[str, float] = {"ended": float(ended)}
@@ -1214,7 +1276,7 @@ class OpenAICompatibleBackend:
                               f"(echo_applies_temperature={self.echo_applies_temperature})")
         if applied != self.echo_applies_temperature:
             report.verdict = "FAIL"
-            report.details.append(f"set backend.options.echo_applies_temperature: {str(applied).lower()}")
+            report.details.append(f"set backend.openai_compatible.echo_applies_temperature: {str(applied).lower()}")
 
 
 class _Stopped(RuntimeError):
@@ -1223,6 +1285,14 @@ class _Stopped(RuntimeError):
 
 class _ItemRejected(RuntimeError):
     """HTTP 400 that concerns only this item (e.g. prompt longer than the context window)."""
+
+
+def _top_complete(top: Mapping[str, Any] | None, k: int) -> bool:
+    """Does a top-k map keep all k entries? Servers key it by decoded text, so tokens that decode
+    to the same text (``""`` or U+FFFD for pieces of a multi-byte character) collapse."""
+    if not top:
+        return True  # nothing shown: rescale_logprob already caps at 1
+    return len(top) >= k and not any(key == "" or "\ufffd" in key for key in top)
 
 
 def _finite(value: Any) -> bool:

@@ -5,7 +5,7 @@ conversation exactly as the server's chat endpoint does before generation; other
 log-probs belong to a different context than the one the response was sampled in
 (``kedro check-models`` detects such a mismatch).
 
-The template is chosen by configuration (``backend.options.chat_template``): a name from
+The template is chosen by configuration (``backend.openai_compatible.chat_template``): a name from
 :data:`TEMPLATES` or a mapping with the fields of :class:`ChatTemplate` for any other model family.
 
 The strings are copied from the models' own chat templates (``tokenizer_config.json``), for a
@@ -164,7 +164,7 @@ TEMPLATES["generic"] = TEMPLATES["chatml"]
 
 
 def get_template(spec: str | Mapping[str, Any]) -> ChatTemplate:
-    """Resolve ``backend.options.chat_template``.
+    """Resolve ``backend.openai_compatible.chat_template``.
 
     Args:
         spec: A template name (``llama3``, ``llama3.1``, ``llama4``, ``chatml``/``generic``,
@@ -178,7 +178,7 @@ def get_template(spec: str | Mapping[str, Any]) -> ChatTemplate:
     if isinstance(spec, str):
         if spec not in TEMPLATES:
             raise ValueError(
-                f"backend.options.chat_template: unknown template {spec!r}; choose one of "
+                f"backend.openai_compatible.chat_template: unknown template {spec!r}; choose one of "
                 f"{sorted(TEMPLATES)} or give a mapping with fields "
                 f"{[f.name for f in fields(ChatTemplate)]}"
             )
@@ -188,7 +188,7 @@ def get_template(spec: str | Mapping[str, Any]) -> ChatTemplate:
     unknown, missing = set(values) - allowed, allowed - set(values)
     if unknown or missing:
         raise ValueError(
-            f"backend.options.chat_template: unknown field(s) {sorted(unknown)}, "
+            f"backend.openai_compatible.chat_template: unknown field(s) {sorted(unknown)}, "
             f"missing field(s) {sorted(missing)}; fields are {sorted(allowed)}"
         )
     return ChatTemplate(**values)
