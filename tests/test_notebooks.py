@@ -102,6 +102,7 @@ def test_cje_import_notebook_estimates_the_runs_own_export(run_project, monkeypa
     cells = execute(run_project / "notebooks" / "cje_import.ipynb")
     assert text_of(cells[0]).strip().endswith("data/05_model_input/cje")
     assert "oracle labels" in text_of(cells[2])
+    assert "none in this folder" in text_of(cells[3])
     assert n_images(cells) == 2
 
 
@@ -111,4 +112,5 @@ def test_cje_import_notebook_reads_the_reference_library_layout(run_project, are
     cells = execute(run_project / "notebooks" / "cje_import.ipynb")
     assert text_of(cells[0]).strip() == str(arena_sample.resolve())
     assert "probes for ['clone', 'parallel_universe_prompt', 'unhelpful']" in text_of(cells[2])
+    assert "'unhelpful': 0.146" in text_of(cells[3])  # ground_truth/ read for the forest plot's true values
     assert n_images(cells) == 2
