@@ -27,8 +27,8 @@ def test_committed_notebooks_carry_no_outputs():
         for i, cell in enumerate(nb["cells"]):
             if cell["cell_type"] != "code":
                 continue
-            assert cell.get("outputs") == [], f"{name}, cell {i}: has outputs; strip them before committing"
-            assert cell.get("execution_count") is None, f"{name}, cell {i}: has an execution count"
+            assert cell.get("outputs") == [], f"{name}, cell {i}: has outputs; run scripts/strip_notebooks.py before committing"
+            assert cell.get("execution_count") is None, f"{name}, cell {i}: has an execution count; run scripts/strip_notebooks.py"
 
 
 @pytest.fixture(scope="module")
