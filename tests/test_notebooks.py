@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ NOTEBOOK_NAMES = ("explore_run.ipynb", "cje_import.ipynb")
 # Small enough to be quick; half of its ~57 calibration labels still clears the 20-label gate.
 RUN_PARAMETERS = {"prompts": {"output_samples": 200, "pool_size": 1000}}
 POLICIES = {"pi_0", "pi_concise", "pi_cot", "pi_hot"}
+KERNEL = "arena_cje_tests"
 
 
 def test_committed_notebooks_carry_no_outputs():
@@ -50,6 +53,22 @@ def run_project(tmp_path_factory) -> Path:
     return project
 
 
+@pytest.fixture(scope="module", autouse=True)
+def test_kernel(tmp_path_factory):
+    """A kernel spec for this interpreter, found first: a user's own `python3` spec cannot take its place."""
+    spec = tmp_path_factory.mktemp("jupyter") / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
+    before = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(spec.parents[1]), before]))
+    yield KERNEL
+    if before is None:
+        os.environ.pop("JUPYTER_PATH")
+    else:
+        os.environ["JUPYTER_PATH"] = before
+
+
 def execute(notebook: Path) -> list[dict]:
     """Run every cell in the notebook's folder (as Jupyter does); a cell that raises fails the test.
 
@@ -61,7 +80,7 @@ def execute(notebook: Path) -> list[dict]:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = NotebookClient(nb, timeout=600, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(notebook.parent)}})
     try:
         client.execute()
