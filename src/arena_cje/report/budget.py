@@ -13,6 +13,19 @@ BUDGET_COLUMNS = [
     "policy", "estimator", "oracle_n", "half_width_now", "target_half_width", "labels_needed",
     "additional_labels", "note",
 ]
+COMPARISON_COLUMNS = [
+    "policy", "estimator", "level_source", "oracle_n_now", "half_width_now", "oracle_n", "half_width_realised",
+    "half_width_predicted", "realised_over_predicted",
+]
+
+
+def predicted_half_width(var_if: float, var_oua: float, oracle_n_now: int, oracle_n: int, alpha: float = 0.05) -> float:
+    """The planner's half-width with ``oracle_n`` labels: z * sqrt(var_if + var_oua * m0 / m).
+
+    See :func:`plan_label_budget` for the model (only the calibration part shrinks with labels).
+    """
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    return z * math.sqrt(var_if + var_oua * oracle_n_now / oracle_n)
 
 
 def plan_label_budget(
@@ -56,7 +69,7 @@ def plan_label_budget(
         m0, v_if, v_oua = int(r["oracle_n"]), float(r["var_if"]), float(r["var_oua"])
         if not (np.isfinite(v_if) and np.isfinite(v_oua)):
             continue
-        now = z * math.sqrt(v_if + v_oua)
+        now = predicted_half_width(v_if, v_oua, m0, m0, alpha)
         for h in target_half_widths:
             room = (h / z) ** 2 - v_if
             if now <= h:
@@ -71,3 +84,37 @@ def plan_label_budget(
                 "additional_labels": None if m_star is None else max(0, m_star - m0), "note": note,
             })
     return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
+
+
+def compare_half_widths(now: pd.DataFrame, what_if: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Realised CI half-widths of a re-estimate with other label counts next to the planner's prediction.
+
+    For every calibrated row (``oracle_n`` > 0) that neither estimate refused, the planner's model is
+    fitted on ``now`` (its ``var_if``, ``var_oua``, ``oracle_n``) and evaluated at the label count of
+    ``what_if``; the realised half-width is (ci_upper - ci_lower) / 2 of ``what_if``.
+
+    Args:
+        now: ``EstimationResult.estimates`` of the run.
+        what_if: ``EstimationResult.estimates`` of the re-estimate (e.g. with half the labels).
+        alpha: 1 - confidence level (the planner's normal quantile).
+
+    Returns:
+        One row per (policy, estimator): :data:`COMPARISON_COLUMNS`.
+    """
+    keys = ["policy", "estimator"]
+    usable = lambda d: d[(d["oracle_n"] > 0) & (d["status"] != "refused")]  # noqa: E731
+    both = usable(now).merge(usable(what_if), on=keys, suffixes=("_now", "_new"))
+    rows = []
+    for _, r in both.iterrows():
+        if not (np.isfinite(r["var_if_now"]) and np.isfinite(r["var_oua_now"])):
+            continue
+        m0, m = int(r["oracle_n_now"]), int(r["oracle_n_new"])
+        realised = (r["ci_upper_new"] - r["ci_lower_new"]) / 2
+        predicted = predicted_half_width(float(r["var_if_now"]), float(r["var_oua_now"]), m0, m, alpha)
+        rows.append({
+            "policy": r["policy"], "estimator": r["estimator"], "level_source": r.get("level_source_new"),
+            "oracle_n_now": m0, "half_width_now": (r["ci_upper_now"] - r["ci_lower_now"]) / 2,
+            "oracle_n": m, "half_width_realised": realised, "half_width_predicted": predicted,
+            "realised_over_predicted": realised / predicted,
+        })
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
