@@ -160,3 +160,21 @@ def test_adversarial_policy_fools_the_judge_but_not_the_estimates(tmp_path):
     assert reported["level_source"] == "probe_corrected" and reported["status"] == "warning"
     assert "transport audit failed" in reported["reasons"]
     assert reported["ci_lower"] <= truth <= reported["ci_upper"]
+
+
+@pytest.mark.slow
+def test_the_deprecated_pipeline_option_still_runs_a_stage(tmp_path):
+    """`--pipelines` is taught; `--pipeline` (deprecated in Kedro 1.7) keeps working."""
+    import os
+    import subprocess
+    import sys
+
+    project = copy_project(tmp_path)
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    params = "prompts.output_samples=20,prompts.pool_size=50"
+    for option in ("--pipelines", "--pipeline"):
+        result = subprocess.run([kedro, "run", option, "data_prep", "--params", params], cwd=project, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert len(pd.read_parquet(project / "data" / "03_primary" / "prompts.parquet")) == 20

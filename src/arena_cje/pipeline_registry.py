@@ -21,7 +21,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines.
 
     The five stages are listed explicitly (not discovered): ``__default__`` is their sum, and
-    Kedro 1.7's discovery only imports the pipeline a ``--pipeline`` run asks for.
+    Kedro 1.7's discovery only imports the pipelines a ``--pipelines`` run asks for.
     ``labeling_export`` / ``labeling_import`` are the two halves of labeling for real human
     raters (the simulated raters sit between them).
     """
