@@ -116,6 +116,14 @@ def _plan_votes(mapping: pd.DataFrame, workers: dict[str, str], seed: int = 16) 
     return votes
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_kedro_telemetry():
+    """Kedro's telemetry would try to reach the internet (the Makefile sets this too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+        yield
+
+
 @pytest.fixture(scope="module")
 def round_trip(server, tmp_path_factory) -> RoundTrip:
     from kedro.framework.startup import bootstrap_project
@@ -131,7 +139,7 @@ def round_trip(server, tmp_path_factory) -> RoundTrip:
     tasks = json.loads((project / LABELING / "label_studio_tasks.json").read_text())
     mapping = pd.read_csv(project / LABELING / "label_task_mapping.csv", dtype={"task_id": str})
     began = time.monotonic()
-    project_id = server.admin.create_project("Arena CJE ratings", config)
+    project_id = server.admin.create_project("Arena CJE ratings", config, votes_per_task=3)
     assert server.admin.import_tasks(project_id, tasks) == len(tasks)
     info = server.admin.request("GET", f"/api/projects/{project_id}").json()
     ls_ids = server.admin.task_ids(project_id)
@@ -164,6 +172,7 @@ def test_label_studio_accepts_our_config_and_every_task(round_trip):
     control = info["parsed_label_config"]["rating"]
     assert control["type"] == "Number" and control["to_name"] == ["response"]
     assert info["label_config"].strip() == (round_trip.project / LABELING / "label_studio_config.xml").read_text().strip()
+    assert info["maximum_annotations"] == 3
     assert set(round_trip.ls_task_ids) == set(round_trip.mapping["task_id"]) == {t["data"]["task_id"] for t in round_trip.tasks}
     print("timings:", json.dumps({k: round(v, 1) for k, v in round_trip.timings.items()}))
 

@@ -62,9 +62,16 @@ class LabelStudio:
             raise LabelStudioError(f"{method} {url}: HTTP {response.status_code}: {response.text[:500]}")
         return response
 
-    def create_project(self, title: str, label_config: str) -> int:
-        """Create a project with ``label_config`` (Label Studio validates it); return its id."""
-        return int(self.request("POST", "/api/projects", json={"title": title, "label_config": label_config}).json()["id"])
+    def create_project(self, title: str, label_config: str, votes_per_task: int | None = None) -> int:
+        """Create a project with ``label_config`` (Label Studio validates it); return its id.
+
+        ``votes_per_task`` sets the project's overlap (``maximum_annotations``): how many
+        different annotators Label Studio hands each task to.
+        """
+        body: dict[str, Any] = {"title": title, "label_config": label_config}
+        if votes_per_task is not None:
+            body["maximum_annotations"] = int(votes_per_task)
+        return int(self.request("POST", "/api/projects", json=body).json()["id"])
 
     def import_tasks(self, project: int, tasks: list[dict[str, Any]]) -> int:
         """Import tasks (``[{"data": {...}}, ...]``); return how many Label Studio created."""
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--config", type=Path, default=Path("data/03_primary/labeling/label_studio_config.xml"))
     create.add_argument("--tasks", type=Path, default=Path("data/03_primary/labeling/label_studio_tasks.json"))
     create.add_argument("--title", default="Arena CJE ratings")
+    create.add_argument("--votes", type=int, default=3, help="annotators per task (labeling.votes_per_item)")
     export = commands.add_parser("export", help="download a project's ratings")
     export.add_argument("--project", type=int, required=True)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="JSON_MIN")
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     client = LabelStudio(args.url, args.token)
     if args.command == "create":
         tasks = json.loads(args.tasks.read_text(encoding="utf-8"))
-        project = client.create_project(args.title, args.config.read_text(encoding="utf-8"))
+        project = client.create_project(args.title, args.config.read_text(encoding="utf-8"), args.votes)
         n = client.import_tasks(project, tasks)
         print(f"project {project}: imported {n} of {len(tasks)} tasks from {args.tasks}")
         return 0 if n == len(tasks) else 1
