@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class RoundTrip:
     votes: list[Vote]
     exports: dict[str, Path]
     timings: dict[str, float]
+    estimates: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +205,11 @@ def test_each_export_imports_into_the_pipeline(round_trip, fmt, expected_format,
     else:
         _kedro_session_run(project, ["labeling_import", "estimation"], {"labels_file": str(export)})
     print(f"{fmt}: labeling_import,estimation {'CLI' if via_cli else 'in-process'} {time.monotonic() - began:.1f} s")
-    assert estimates.is_file()
     _check_outputs(round_trip, expected_format)
+    # The same votes give the same estimates, whichever format carried them.
+    result = pd.read_csv(estimates)
+    first = round_trip.estimates.setdefault("first", result)
+    pd.testing.assert_frame_equal(result, first)
 
 
 def _check_outputs(trip: RoundTrip, expected_format: str) -> None:
@@ -237,7 +241,8 @@ def _check_outputs(trip: RoundTrip, expected_format: str) -> None:
 
     # Worker quality from the gold checks: carol (all gold rated > 3) is dropped.
     votes = pd.DataFrame([v.__dict__ for v in trip.votes if v.kind == "valid"])
-    votes = votes.join(mapping[["kind", "gold_max_rating", "prompt_id", "policy", "draw_idx"]], on="task_id", rsuffix="_task")
+    task_info = mapping[["kind", "gold_max_rating", "prompt_id", "policy", "draw_idx"]].rename(columns={"kind": "kind_task"})
+    votes = votes.join(task_info, on="task_id")
     gold = votes[votes["kind_task"] == "gold"]
     accuracy = (gold["rating"] <= gold["gold_max_rating"]).groupby(gold["worker"]).mean()
     assert set(quality.index) == set(trip.workers.values())
@@ -273,6 +278,36 @@ def _interval_alpha(votes: pd.DataFrame) -> float:
     within = sum(((u[:, None] - u[None, :]) ** 2).sum() / (len(u) - 1) for u in units)
     total = ((values[:, None] - values[None, :]) ** 2).sum()
     return float(1 - (n - 1) * within / total)
+
+
+SDK_SCRIPT = """
+import sys
+from label_studio_sdk import LabelStudio
+
+url, token, project, out = sys.argv[1:]
+client = LabelStudio(base_url=url, api_key=token)
+info = client.projects.get(id=int(project))
+print(info.task_number, info.maximum_annotations)
+with open(out, "wb") as handle:
+    for chunk in client.projects.exports.download_sync(id=int(project), export_type="JSON_MIN"):
+        handle.write(chunk)
+"""
+
+
+def test_the_sdk_sees_the_same_project_and_votes(round_trip, tmp_path):
+    """label-studio-sdk 2.x (in Label Studio's virtualenv) reads the project the REST client made."""
+    out = tmp_path / "sdk_json_min.json"
+    done = subprocess.run(
+        ["bash", str(ls.SCRIPT), "python", "-c", SDK_SCRIPT, round_trip.server.url, round_trip.server.admin.token,
+         str(round_trip.project_id), str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(len(round_trip.tasks)), "3"]
+    columns = ["task_id", "worker_id", "rating"]
+    via_sdk = parse_ratings(out.read_bytes(), out.name).rows[columns]
+    via_rest = parse_ratings(round_trip.exports["JSON_MIN"].read_bytes(), "rest.json").rows[columns]
+    pd.testing.assert_frame_equal(via_sdk, via_rest)
 
 
 def test_the_server_reached_nothing_beyond_loopback(round_trip):
