@@ -280,6 +280,24 @@ def _interval_alpha(votes: pd.DataFrame) -> float:
     return float(1 - (n - 1) * within / total)
 
 
+def test_the_documented_commands_create_and_export(round_trip, tmp_path, capsys):
+    """`python -m arena_cje.crowd.label_studio create / export` (docs/labeling.md, steps 3 and 5)."""
+    from arena_cje.crowd.label_studio import main
+
+    server = ["--url", round_trip.server.url, "--token", round_trip.server.admin.token]
+    files = round_trip.project / LABELING
+    assert main([*server, "create", "--config", str(files / "label_studio_config.xml"),
+                 "--tasks", str(files / "label_studio_tasks.json"), "--title", "second"]) == 0
+    assert f"imported {len(round_trip.tasks)} of {len(round_trip.tasks)} tasks" in capsys.readouterr().out
+    out = tmp_path / "export.json"
+    assert main([*server, "export", "--project", str(round_trip.project_id), "--format", "JSON_MIN", "--out", str(out)]) == 0
+    columns = ["task_id", "worker_id", "rating"]
+    pd.testing.assert_frame_equal(
+        parse_ratings(out.read_bytes(), out.name).rows[columns],
+        parse_ratings(round_trip.exports["JSON_MIN"].read_bytes(), "rest.json").rows[columns],
+    )
+
+
 SDK_SCRIPT = """
 import sys
 from label_studio_sdk import LabelStudio

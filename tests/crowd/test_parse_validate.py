@@ -160,3 +160,24 @@ def test_label_studio_flat_export_oddities():
     parsed, valid, bad = _validate(json.dumps(records).encode())
     assert len(parsed.rows) == 3  # the unannotated task is no vote
     assert bad.set_index("task_id").loc["t2", "reason"] == "annotation holds 2 values, expected one rating"
+
+
+@pytest.mark.parametrize(
+    "cell,expected",
+    [
+        ('[{"number": 7}]', (7, None)),
+        ([{"number": 7.5}], (7.5, None)),
+        ('[{"rating": 4}]', (4, None)),
+        ({"choices": ["6"]}, ("6", None)),
+        ("7", ("7", None)),
+        (7, (7, None)),
+        ("[not json", ("[not json", None)),
+        ("[]", ("[]", "annotation holds 0 values, expected one rating")),
+        ('[{"choices": ["1", "2"]}]', ('[{"choices": ["1", "2"]}]', "annotation holds 2 choices, expected one rating")),
+        ('[{"text": ["seven"]}]', ('[{"text": ["seven"]}]', "annotation value has none of ['number', 'rating', 'choices']")),
+    ],
+)
+def test_unwrap_label_studio_value(cell, expected):
+    from arena_cje.crowd.parse import unwrap_label_studio_value
+
+    assert unwrap_label_studio_value(cell) == expected
