@@ -9,7 +9,9 @@
 # Environment: LS_VENV (default .venv-labelstudio), LS_PORT (8080), LS_USERNAME / LS_PASSWORD /
 # LS_USER_TOKEN (the first user, created non-interactively on the first start; a team sets its own).
 # The server stores everything in SQLite under DATA_DIR (default data/labelstudio, git-ignored)
-# and never reaches the network: no analytics, no version check, bound to 127.0.0.1.
+# (a fresh DATA_DIR starts from a migrated empty database made by `install`), binds 127.0.0.1
+# only, and is started with analytics, Sentry and the PyPI version check off: the test
+# (tests/crowd/test_label_studio.py) checks its log for outgoing connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LS_VENV="${LS_VENV:-.venv-labelstudio}"
