@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export KEDRO_DISABLE_TELEMETRY := true
 
-.PHONY: setup setup-local setup-vllm vllm-start vllm-stop run run-local test test-fast viz clean-data
+.PHONY: setup setup-local setup-vllm setup-labelstudio vllm-start vllm-stop run run-local test test-fast test-labelstudio viz clean-data
 
 $(BIN)/kedro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,17 @@ run: setup  ## run the whole experiment offline on the simulated backend
 run-local: setup-local  ## run the whole experiment offline on a real small LLM (SmolLM2-135M)
 	$(BIN)/kedro run --env local_llm
 
-test: setup-local setup-vllm  ## run the whole test suite (local LLM and the real vLLM server included)
+test: setup-local setup-vllm setup-labelstudio  ## the whole test suite (local LLM, a real vLLM server and a real Label Studio included)
 	$(BIN)/pytest -q --durations=15
 
 test-fast: setup  ## the inner loop: tests not marked slow, no torch, no vLLM (a few minutes)
 	ARENA_CJE_SKIP_VLLM=1 $(BIN)/pytest -q -m "not slow" --durations=10
+
+setup-labelstudio:  ## Label Studio 1.23 + SDK 2 in their own virtualenv (.venv-labelstudio)
+	bash scripts/label_studio.sh install
+
+test-labelstudio: setup setup-labelstudio  ## the real Label Studio round trip alone (tests/crowd/test_label_studio.py)
+	LABEL_STUDIO_REQUIRED=1 $(BIN)/pytest -q -s tests/crowd/test_label_studio.py
 
 viz: setup  ## build the kedro-viz site into build/viz (offline)
 	$(BIN)/kedro viz build

@@ -1,4 +1,6 @@
 import codecs
+import csv
+import io
 
 import pandas as pd
 import pytest
@@ -103,3 +105,79 @@ def test_decode_never_fails_and_parse_rating_rules():
     assert [parse_rating(v) for v in ["7", " 7.0 ", "7,5", "-0", "nan", "inf", "1e999", "1_0", "", None]] == [
         7.0, 7.0, 7.5, 0.0, None, None, None, None, None, None
     ]
+
+
+# Shapes of Label Studio 1.23.2's flat exports (a real server's output, trimmed): one row per
+# annotation, a task's newest annotation first, the Number control as [{"number": 8}], the
+# annotator as a user id; skipped (cancelled) annotations are not exported.
+LS_JSON_MIN = """[
+{"task_id": "t1", "prompt": "p", "response": "r", "id": 1, "rating": [{"number": 8}], "annotator": 1,
+ "annotation_id": 5, "created_at": "2026-11-30T09:07:08.174550Z", "updated_at": "2026-11-30T09:07:08.174582Z", "lead_time": null},
+{"task_id": "t1", "prompt": "p", "response": "r", "id": 1, "rating": [{"number": 7}], "annotator": 1,
+ "annotation_id": 1, "created_at": "2026-11-30T09:07:07.022604Z", "updated_at": "2026-11-30T09:07:07.022644Z", "lead_time": null},
+{"task_id": "t2", "prompt": "p", "response": "r", "id": 2, "rating": [{"number": 7.5}], "annotator": 2,
+ "annotation_id": 4, "created_at": "2026-11-30T09:07:07.910252Z", "updated_at": "2026-11-30T09:07:07.910281Z", "lead_time": null}
+]"""
+LS_CSV = (
+    '"annotation_id","annotator","created_at","id","lead_time","prompt","rating","response","task_id","updated_at"\n'
+    '5,"1","2026-11-30T09:07:08.174550Z",1,"","p, with a comma","[{""number"":8}]","r","t1","2026-11-30T09:07:08.174582Z"\n'
+    '1,"1","2026-11-30T09:07:07.022604Z",1,"","p","[{""number"":7}]","r","t1","2026-11-30T09:07:07.022644Z"\n'
+    '4,"2","2026-11-30T09:07:07.910252Z",2,"","p","[{""number"":7.5}]","r","t2","2026-11-30T09:07:07.910281Z"\n'
+)
+
+
+def _as_tsv(text: str) -> str:
+    rows = csv.reader(io.StringIO(text))
+    out = io.StringIO()
+    csv.writer(out, delimiter="\t", quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data,fmt,separator",
+    [
+        (LS_JSON_MIN, "label_studio_json_min", None),
+        (LS_CSV, "label_studio_csv", ","),
+        (_as_tsv(LS_CSV), "label_studio_csv", "\t"),
+    ],
+    ids=["json-min", "csv", "tsv"],
+)
+def test_label_studio_flat_exports(data, fmt, separator):
+    parsed, valid, bad = _validate(data.encode())
+    assert (parsed.format, parsed.separator) == (fmt, separator)
+    # The rating is unwrapped from [{"number": x}]; the annotator's user id is the worker id; the
+    # second annotation of user 1 on t1 (id 5, listed first) is the duplicate, the first one kept.
+    assert valid[["task_id", "worker_id", "rating"]].values.tolist() == [["t1", "1", 7.0], ["t2", "2", 7.5]]
+    assert bad["rating"].tolist() == ["8"] and bad["reason"].str.startswith("duplicate vote by the same worker").all()
+
+
+def test_label_studio_flat_export_oddities():
+    import json
+
+    records = json.loads(LS_JSON_MIN)
+    records[2]["rating"] = [{"number": 3}, {"number": 4}]  # two Number regions in one annotation
+    records.append({"task_id": "t3", "prompt": "p", "response": "r", "id": 3})  # exported without annotation
+    parsed, valid, bad = _validate(json.dumps(records).encode())
+    assert len(parsed.rows) == 3  # the unannotated task is no vote
+    assert bad.set_index("task_id").loc["t2", "reason"] == "annotation holds 2 values, expected one rating"
+
+
+@pytest.mark.parametrize(
+    "cell,expected",
+    [
+        ('[{"number": 7}]', (7, None)),
+        ([{"number": 7.5}], (7.5, None)),
+        ('[{"rating": 4}]', (4, None)),
+        ({"choices": ["6"]}, ("6", None)),
+        ("7", ("7", None)),
+        (7, (7, None)),
+        ("[not json", ("[not json", None)),
+        ("[]", ("[]", "annotation holds 0 values, expected one rating")),
+        ('[{"choices": ["1", "2"]}]', ('[{"choices": ["1", "2"]}]', "annotation holds 2 choices, expected one rating")),
+        ('[{"text": ["seven"]}]', ('[{"text": ["seven"]}]', "annotation value has none of ['number', 'rating', 'choices']")),
+    ],
+)
+def test_unwrap_label_studio_value(cell, expected):
+    from arena_cje.crowd.parse import unwrap_label_studio_value
+
+    assert unwrap_label_studio_value(cell) == expected

@@ -4,7 +4,8 @@ Nothing here raises on bad input: every problem becomes a *row problem* (the row
 ``problem`` text so validation quarantines it) or a *file problem* (reported, and every data row of
 the file is quarantined with that reason). Handles UTF-8 (with or without BOM), UTF-16/32 with BOM,
 Windows-1252 / Latin-1 fallbacks, comma / semicolon / tab / pipe separators, blank lines, ragged
-rows, and the JSON exports of Label Studio (full and ``JSON-MIN``).
+rows, and Label Studio's exports: full ``JSON``, and the flat ``JSON-MIN``, ``CSV`` and ``TSV``
+(which carry a control's value as ``[{"number": 7}]``, one row per annotation, newest first).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class ParsedRatings:
             the row is well formed (its values are still unchecked: see ``validate``).
         file_problems: Problems that concern the whole file (no task id column, bad JSON, ...).
         encoding: The text encoding used to decode the bytes.
-        format: ``csv``, ``label_studio_json`` or ``json_records``.
+        format: ``csv``, ``json_records``, ``label_studio_json`` (full export),
+            ``label_studio_json_min`` or ``label_studio_csv`` (the flat exports; TSV is
+            ``label_studio_csv`` with separator tab).
         separator: The CSV separator found (``None`` for JSON).
     """
 
@@ -190,17 +193,29 @@ def _parse_csv(name: str, text: str) -> ParsedRatings:
     if missing:
         file_problem = f"file lacks column(s) {missing} (header: {header})"
         problems.append(f"{name}: {file_problem}")
-    rows = []
+    annotation_column = _label_studio_annotation_column(header)
+    rows, order = [], []
     for line, fields in records[1:]:
         values = {c: _cell(fields, i) for c, i in columns.items()}
         problem = file_problem
         if problem is None and len(fields) != len(header):
             problem = f"malformed row: {len(fields)} fields, header has {len(header)}"
+        if annotation_column is not None:
+            annotation = _cell(fields, annotation_column)
+            if not (annotation or "").strip() and problem is None:
+                continue  # a task exported without any annotation: no vote
+            order.append(annotation)
+            if problem is None:
+                rating, problem = unwrap_label_studio_value(values.get("rating"))
+                values["rating"] = _text(rating)
         rows.append(
             {"source": name, "row": line, "location": f"line {line}",
              **{c: values.get(c) for c in VOTE_COLUMNS}, "problem": problem}
         )
-    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), problems, format="csv", separator=separator)
+    fmt = "csv"
+    if annotation_column is not None:
+        rows, fmt = _in_submission_order(rows, order), "label_studio_csv"
+    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), problems, format=fmt, separator=separator)
 
 
 def _read_csv_records(text: str, separator: str) -> list[tuple[int, list[str]]]:
@@ -247,7 +262,9 @@ def _parse_label_studio(name: str, tasks: list[Any]) -> ParsedRatings:
         annotations = task.get("annotations") or []
         if not isinstance(annotations, list):
             annotations = []
-        for a, annotation in enumerate(annotations, start=1):
+        # Submission order (annotation ids grow), so "first vote kept" means first submitted.
+        numbered = sorted(enumerate(annotations, start=1), key=lambda pair: _annotation_order(pair[1]))
+        for a, annotation in numbered:
             where = f"task {t}, annotation {a}"
             if not isinstance(annotation, dict):
                 rows.append(_json_row(name, len(rows) + 1, where, task_id, None, None, "annotation is not a JSON object"))
@@ -281,18 +298,98 @@ def _label_studio_rating(result: Any) -> tuple[str | None, str | None]:
 
 def _parse_json_records(name: str, records: list[Any]) -> ParsedRatings:
     """Flat JSON records (Label Studio ``JSON-MIN``, or a CSV converted to JSON)."""
-    rows = []
+    label_studio = any(isinstance(r, dict) and _label_studio_annotation_column(list(r)) is not None for r in records)
+    rows, order = [], []
     for r, record in enumerate(records, start=1):
         where = f"record {r}"
         if not isinstance(record, dict):
             rows.append(_json_row(name, r, where, None, None, None, "record is not a JSON object"))
+            order.append(None)
             continue
-        columns, missing = _find_columns(list(record))
         keys = list(record)
-        values = {c: _text(record[keys[i]]) for c, i in columns.items()}
+        columns, missing = _find_columns(keys)
+        values = {c: record[keys[i]] for c, i in columns.items()}
         problem = f"record lacks field(s) {missing}" if missing else None
-        rows.append(_json_row(name, r, where, values.get("task_id"), values.get("worker_id"), values.get("rating"), problem))
-    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), [], format="json_records", separator=None)
+        if label_studio:
+            annotation = record.get("annotation_id")
+            if annotation is None and "annotator" not in record:
+                continue  # a task exported without any annotation: no vote
+            order.append(_text(annotation))
+            if problem is None:
+                values["rating"], problem = unwrap_label_studio_value(values.get("rating"))
+        rows.append(_json_row(name, r, where, _text(values.get("task_id")), _text(values.get("worker_id")),
+                              _text(values.get("rating")), problem))
+    if not label_studio:
+        return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), [], format="json_records", separator=None)
+    rows = _in_submission_order(rows, order)
+    return ParsedRatings(pd.DataFrame(rows, columns=PARSED_COLUMNS), [], format="label_studio_json_min", separator=None)
+
+
+#: Keys of a Label Studio control's value that hold our rating (Number, Rating, Choices).
+_LABEL_STUDIO_VALUE_KEYS = ("number", "rating", "choices")
+
+
+def unwrap_label_studio_value(value: Any) -> tuple[Any, str | None]:
+    """A rating cell of Label Studio's flat exports -> the plain value, and a problem or ``None``.
+
+    JSON-MIN, CSV and TSV write a ``Number`` control as ``[{"number": 7}]`` (a JSON text in the
+    CSV/TSV cell), a ``Rating`` as ``[{"rating": 4}]``, a single ``Choices`` as ``"7"`` or
+    ``{"choices": ["7"]}``. Plain values pass through unchanged.
+
+    Returns:
+        ``(value, None)``, or ``(original, problem)`` when the cell holds several values.
+    """
+    parsed = value
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            parsed = json.loads(value)
+        except (json.JSONDecodeError, RecursionError):
+            return value, None  # not JSON after all: validation reports it as not a number
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
+        return parsed, None
+    if len(parsed) != 1:
+        return value, f"annotation holds {len(parsed)} values, expected one rating"
+    item = parsed[0]
+    if isinstance(item, dict):
+        for key in _LABEL_STUDIO_VALUE_KEYS:
+            if key in item:
+                inner = item[key]
+                if isinstance(inner, list):
+                    if len(inner) != 1:
+                        return value, f"annotation holds {len(inner)} choices, expected one rating"
+                    inner = inner[0]
+                return inner, None
+        return value, f"annotation value has none of {list(_LABEL_STUDIO_VALUE_KEYS)}"
+    return item, None
+
+
+def _label_studio_annotation_column(header: list[Any]) -> int | None:
+    """Position of ``annotation_id`` when the header is a Label Studio flat export's, else ``None``.
+
+    Those exports always have ``annotation_id`` and ``annotator`` (plus ``id``, the task's number
+    inside Label Studio, which is not our ``task_id``)."""
+    names = [_normalise_header(str(h)) for h in header]
+    if "annotation_id" in names and "annotator" in names:
+        return names.index("annotation_id")
+    return None
+
+
+def _annotation_order(annotation: Any) -> tuple[int, float]:
+    """Sort key of an annotation (or its id): by numeric id; unknown ids last, order kept."""
+    raw = annotation.get("id") if isinstance(annotation, dict) else annotation
+    try:
+        return 0, float(raw)
+    except (TypeError, ValueError):
+        return 1, 0.0
+
+
+def _in_submission_order(rows: list[dict[str, Any]], annotation_ids: list[Any]) -> list[dict[str, Any]]:
+    """Rows sorted by annotation id (stable). Label Studio lists a task's newest annotation first;
+    sorted, "the first vote of a worker on a task is kept" means the first one submitted."""
+    order = sorted(range(len(rows)), key=lambda i: _annotation_order(annotation_ids[i]))
+    return [rows[i] for i in order]
 
 
 def _json_row(name: str, row: int, where: str, task: Any, worker: Any, rating: Any, problem: str | None) -> dict[str, Any]:
