@@ -118,7 +118,8 @@ def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[st
 def _generic_check(backend: Any, spec: Any, prompts: Sequence[str], tolerance: float = 1e-4) -> tuple[str, list[str]]:
     try:
         gens = generate_batch(backend, list(prompts), spec, list(range(len(prompts))))
-        forced = teacher_force_batch(backend, list(prompts), [g.text for g in gens], spec)
+        ended = [not g.usage.get("truncated") for g in gens]
+        forced = teacher_force_batch(backend, list(prompts), [g.text for g in gens], spec, ended=ended)
     except Exception as exc:  # noqa: BLE001
         return "ERROR", [str(exc)]
     details, verdict = [], "PASS"

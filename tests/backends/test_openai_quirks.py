@@ -446,3 +446,37 @@ def test_rescale_bound_holds_when_tokens_of_the_same_text_collapse_in_the_top_k(
         estimate, half = rescale_logprob(float(lp1[i]), name, top, temperature, vocab,
                                          complete=_top_complete(top, k))
         assert abs(estimate - lpt[i]) <= half + 1e-9
+
+
+# ------------------------------------------------------------------------------ echo noise in the run
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_run_measures_echo_noise_once_and_reports_it(tmp_path, noise):
+    """The generation stage repeats T=1 echoes of a few logged rows; a rerun sends none again."""
+    from arena_cje.pipelines.generation.nodes import check_teacher_forcing, measure_echo_noise
+
+    prompts = pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["Why is the sea salty?", "Name a colour."]})
+    responses = pd.DataFrame({
+        "prompt_id": ["a", "b"], "policy": "pi_0", "draw_idx": 0,
+        "response": ["Because rivers carry salts into it.", "Blue"], "logprob": np.nan, "n_tokens": 5,
+        "truncated": [False, True], "error": None,
+    })
+    policies = {"pi_0": {"temperature": 0.5, "system_prompt": "Be brief."}}
+    defaults = {"model": "fake-llm", "max_tokens": 64}
+    with FakeOpenAIServer(echo_noise=noise, seed=2) as srv:
+        block = {"name": "openai_compatible", "openai_compatible": {
+            "base_url": srv.url, "api_key_env": None, "store_path": str(tmp_path / "store.sqlite"),
+            "progress": False, "vocab_size": 256, "check_echo_repeats": 3, "chat_template": "llama3"}}
+        figures = measure_echo_noise(prompts, responses, block, policies, defaults, "pi_0")
+        sent = sum(srv.counts().values())
+        again = measure_echo_noise(prompts, responses, block, policies, defaults, "pi_0")
+        assert sum(srv.counts().values()) == sent  # recorded: the rerun sends nothing
+    assert figures == again and figures["echo_repeats"] == 3 and figures["echo_noise_rows"] == 2
+    if noise:
+        assert figures["echo_noise_mean"] > 1e-3 and figures["echo_noise_max"] >= figures["echo_noise_mean"]
+    else:
+        assert figures["echo_noise_mean"] == 0.0
+    report = check_teacher_forcing(responses, pd.DataFrame({"prompt_id": ["a", "b"], "policy": "pi_0",
+                                                            "logprob": [-3.0, -1.0]}), "pi_0", figures)
+    assert report["echo_noise_mean"] == figures["echo_noise_mean"]

@@ -98,6 +98,19 @@ class TeacherForced:
 
 
 @dataclass
+class EchoRepeat:
+    """Raw T=1 echo log-probs of one response's tokens, from one of several identical requests.
+
+    Identical requests to a deterministic server give identical values; the spread between
+    repeats is the API's own noise, which enters every importance weight.
+    """
+
+    values: list[float] | None
+    error: str | None = None
+    usage: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Judgement:
     """A judge score on the 0–1 scale, or ``None`` with the raw text and the reason."""
 

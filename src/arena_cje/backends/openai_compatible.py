@@ -78,7 +78,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm.auto import tqdm
 
 from arena_cje.backends.judge_parsing import parse_judge_score
-from arena_cje.backends.base import Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
+from arena_cje.backends.base import EchoRepeat, Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
 from arena_cje.backends.store import DONE, FAILED, RecordKey, RequestStore, make_key, sha256
 from arena_cje.backends.templates import ChatTemplate, get_template
 
@@ -1057,6 +1057,54 @@ class OpenAICompatibleBackend:
         ]
         return self._run("teacher_force", policy.name, keys, tasks, estimates,
                          lambda e: TeacherForced(None, error=e))
+
+    # ---------------------------------------------------------------- echo noise
+
+    def _echo_repeat_call(self, prompt: str, response: str, policy: PolicySpec, ended: bool) -> _Call:
+        usage: dict[str, float] = {}
+        full, start, _ = self.template.render(prompt, response, policy.system_prompt, self.with_bos, ended)
+        try:
+            echo, pt, ct, cost = self._echo(full, policy, usage)
+        except MalformedResponseError as exc:
+            return _Call(EchoRepeat(None, error=self._scrub(str(exc)), usage=usage), FAILED)
+        first = locate_span(echo.tokens, full, start, echo.first)
+        values = [float(v) for v in echo.values[first if first is not None else max(1, echo.first):] if _finite(v)]
+        return _Call(EchoRepeat(values, usage=usage), DONE, pt, ct, cost)
+
+    def echo_noise(self, prompts: Sequence[str], responses: Sequence[str], policy: PolicySpec,
+                   ended: Sequence[bool] | None = None, repeats: int | None = None) -> dict[str, Any]:
+        """Spread of identical T=1 echo requests over the responses' tokens (nats per token).
+
+        Each response is echoed ``repeats`` times (default ``check_echo_repeats``) at T=1; the
+        requests are recorded like every other call, so a rerun sends none of them again.
+
+        Returns:
+            ``echo_noise_rows``, ``echo_repeats``, ``echo_noise_mean`` (mean |difference| between
+            consecutive repeats over all tokens) and ``echo_noise_max`` (nats per token); the two
+            values are ``None`` when no repeat pair could be compared.
+        """
+        repeats = int(repeats or self.check_echo_repeats)
+        ended = [True] * len(prompts) if ended is None else [bool(e) for e in ended]
+        t1 = PolicySpec(**{**asdict(policy), "temperature": 1.0})
+        spec = self._policy_spec(t1, "teacher_force")
+        items = [(i, r) for i in range(len(prompts)) for r in range(repeats)]
+        keys = [make_key("echo_repeat", spec, prompts[i], f"{sha256(responses[i])}#ended={int(ended[i])}#rep{r}")
+                for i, r in items]
+        tasks = [(lambda i=i: self._echo_repeat_call(prompts[i], responses[i], t1, ended[i])) for i, _ in items]
+        estimates = [(t1.model, self._estimate(t1.model, len(prompts[i]) + len(responses[i]) + 200, 0)) for i, _ in items]
+        results = self._run("echo_repeat", policy.name, keys, tasks, estimates, lambda e: EchoRepeat(None, error=e))
+        diffs: list[float] = []
+        for i in range(len(prompts)):
+            runs = [results[j].values for j, (row, _) in enumerate(items) if row == i and results[j].values]
+            for a, b in zip(runs, runs[1:]):
+                if len(a) == len(b):
+                    diffs.extend(abs(x - y) for x, y in zip(a, b))
+        return {
+            "echo_noise_rows": len(prompts),
+            "echo_repeats": repeats,
+            "echo_noise_mean": float(np.mean(diffs)) if diffs else None,
+            "echo_noise_max": float(np.max(diffs)) if diffs else None,
+        }
 
     # ---------------------------------------------------------------- judging
 

@@ -32,13 +32,14 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from arena_cje.backends.base import Backend, Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
+from arena_cje.backends.base import Backend, EchoRepeat, Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
 
 #: stage name -> result class stored under it.
 RESULT_TYPES: dict[str, type] = {
     "generate": Generation,
     "teacher_force": TeacherForced,
     "judge": Judgement,
+    "echo_repeat": EchoRepeat,
 }
 
 DONE, FAILED = "done", "failed"

@@ -104,15 +104,48 @@ def teacher_force_logged_responses(
     return pd.concat(frames, ignore_index=True)[LOGPROB_COLUMNS]
 
 
-def check_teacher_forcing(responses: pd.DataFrame, logprobs: pd.DataFrame, logging_policy: str) -> dict[str, Any]:
+def measure_echo_noise(
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    backend: dict[str, Any],
+    policies: dict[str, Any],
+    policy_defaults: dict[str, Any],
+    logging_policy: str,
+    n_rows: int = 5,
+) -> dict[str, Any]:
+    """Repeat identical T=1 echo requests for a few logged responses (backends with ``echo_noise``).
+
+    A deterministic server gives 0; a hosted API may not (the seed data's Fireworks echoes of
+    identical requests differed by up to several nats), and that noise inflates the variance of
+    every importance weight. Exact backends (simulated, local) have no such noise and send nothing.
+
+    Returns:
+        The backend's ``echo_noise`` figures, or ``{"echo_noise_measured": False}``.
+    """
+    client = backend_from_params(backend)
+    if not hasattr(client, "echo_noise"):
+        return {"echo_noise_measured": False}
+    specs = policy_specs(policies, policy_defaults)
+    sample = _logged_responses(prompts, responses, logging_policy).head(n_rows)
+    figures = client.echo_noise(sample["prompt"].tolist(), sample["response"].tolist(), specs[logging_policy],
+                                ended=sample["ended"].tolist())
+    return {"echo_noise_measured": True, **figures}
+
+
+def check_teacher_forcing(
+    responses: pd.DataFrame, logprobs: pd.DataFrame, logging_policy: str, echo_noise: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Compare generation-time and teacher-forced log-probs of the logged responses.
 
     A backend whose teacher forcing is right reproduces the log-prob it reported at generation
     (to float precision on deterministic backends). Rows where either side is missing are counted.
+    The API's echo noise (:func:`measure_echo_noise`), where measured, is reported beside it.
 
     Returns:
-        ``n_compared``, ``n_missing``, ``max_abs_diff``, ``mean_abs_diff``, ``passed``.
+        ``n_compared``, ``n_missing``, ``max_abs_diff``, ``mean_abs_diff``, ``passed`` (and the
+        echo-noise figures).
     """
+    noise = {k: v for k, v in (echo_noise or {}).items() if k != "echo_noise_measured"}
     generated = responses[responses["policy"] == logging_policy].set_index("prompt_id")["logprob"]
     forced = logprobs[logprobs["policy"] == logging_policy].set_index("prompt_id")["logprob"]
     if generated.notna().sum() == 0:
@@ -123,6 +156,7 @@ def check_teacher_forcing(responses: pd.DataFrame, logprobs: pd.DataFrame, loggi
             "passed": None,
             "note": "this backend reports no generation log-probs; run `kedro check-models` to compare "
             "teacher forcing with the provider's own log-probs",
+            **noise,
         }
     both = pd.concat({"generated": generated, "forced": forced}, axis=1)
     complete = both.dropna()
@@ -136,6 +170,7 @@ def check_teacher_forcing(responses: pd.DataFrame, logprobs: pd.DataFrame, loggi
         "tolerance": 1e-4,
     }
     report["passed"] = bool(len(diff) > 0 and report["max_abs_diff"] <= report["tolerance"])
+    report.update(noise)
     if not report["passed"]:
         logger.warning("Teacher forcing does not reproduce generation log-probs: %s", report)
     return report

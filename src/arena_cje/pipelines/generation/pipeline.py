@@ -2,7 +2,13 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import check_teacher_forcing, compute_true_values, generate_responses, teacher_force_logged_responses
+from .nodes import (
+    check_teacher_forcing,
+    compute_true_values,
+    generate_responses,
+    measure_echo_noise,
+    teacher_force_logged_responses,
+)
 
 POLICY_PARAMS = ["params:backend", "params:policies", "params:policy_defaults"]
 
@@ -23,8 +29,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="teacher_force_logged_responses",
             ),
             Node(
+                measure_echo_noise,
+                ["prompts", "responses", *POLICY_PARAMS, "params:logging_policy"],
+                "echo_noise",
+                name="measure_echo_noise",
+            ),
+            Node(
                 check_teacher_forcing,
-                ["responses", "logprobs", "params:logging_policy"],
+                ["responses", "logprobs", "params:logging_policy", "echo_noise"],
                 "teacher_forcing_check",
                 name="check_teacher_forcing",
             ),
