@@ -1,4 +1,4 @@
-"""Catalog dataset types for optional inputs (probe slices, true values, raw Arena conversations)."""
+"""Catalog dataset types: the reference JSONL layout and optional inputs (probe slices, true values, raw Arena conversations)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.pandas import CSVDataset, JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 
 
@@ -22,6 +22,39 @@ class OptionalPartitionedDataset(PartitionedDataset):
         if not self._list_partitions():
             return {}
         return super().load()
+
+
+class CJEJsonlDataset(JSONDataset):
+    """One JSONL file of the reference (``cje-eval``) layout, read line by line.
+
+    Loading parses with :func:`arena_cje.cje.parse_jsonl`: the frame's index is the file's line
+    numbers and it remembers its path, so every error about it names file, line and field
+    (:class:`arena_cje.cje.CJEDataError`). Saving is ``pandas.JSONDataset``'s (``lines``, ``records``).
+
+    Args:
+        layout: ``logged``, ``fresh_draws`` or ``probe``: which file of the layout this is (quoted
+            when the file is empty).
+        **kwargs: ``pandas.JSONDataset`` arguments (``filepath``, ``save_args``, ...).
+    """
+
+    def __init__(self, *, layout: str, **kwargs: Any) -> None:
+        from arena_cje.cje.data import LAYOUTS
+
+        if layout not in LAYOUTS:
+            raise DatasetError(f"CJEJsonlDataset: layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        kwargs.setdefault("save_args", {"lines": True, "orient": "records"})
+        super().__init__(**kwargs)
+        self._layout = layout
+
+    def load(self) -> pd.DataFrame:
+        from kedro.io.core import get_filepath_str
+
+        from arena_cje.cje import parse_jsonl
+
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(path, mode="rb") as f:
+            data = f.read()
+        return parse_jsonl(data, source=path, layout=self._layout)
 
 
 class OptionalCSVDataset(CSVDataset):
