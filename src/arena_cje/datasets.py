@@ -10,6 +10,8 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset, JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 
+from arena_cje.cje.data import LAYOUTS, CJEDataError, parse_jsonl
+
 
 class OptionalPartitionedDataset(PartitionedDataset):
     """A ``PartitionedDataset`` that loads as ``{}`` when its folder is missing or empty.
@@ -22,6 +24,11 @@ class OptionalPartitionedDataset(PartitionedDataset):
         if not self._list_partitions():
             return {}
         return super().load()
+
+
+class CJEJsonlLoadError(DatasetError, CJEDataError):
+    """A ``CJEDataError`` raised while loading; as a ``DatasetError`` Kedro re-raises it with its message intact
+    (other exceptions become "Failed while loading data from dataset <repr>")."""
 
 
 class CJEJsonlDataset(JSONDataset):
@@ -38,8 +45,6 @@ class CJEJsonlDataset(JSONDataset):
     """
 
     def __init__(self, *, layout: str, **kwargs: Any) -> None:
-        from arena_cje.cje.data import LAYOUTS
-
         if layout not in LAYOUTS:
             raise DatasetError(f"CJEJsonlDataset: layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
         kwargs.setdefault("save_args", {"lines": True, "orient": "records"})
@@ -49,12 +54,13 @@ class CJEJsonlDataset(JSONDataset):
     def load(self) -> pd.DataFrame:
         from kedro.io.core import get_filepath_str
 
-        from arena_cje.cje import parse_jsonl
-
         path = get_filepath_str(self._get_load_path(), self._protocol)
         with self._fs.open(path, mode="rb") as f:
             data = f.read()
-        return parse_jsonl(data, source=path, layout=self._layout)
+        try:
+            return parse_jsonl(data, source=path, layout=self._layout)
+        except CJEDataError as e:
+            raise CJEJsonlLoadError(e.problem, file=e.file, line=e.line, field=e.field, in_file=e.in_file) from None
 
 
 class OptionalCSVDataset(CSVDataset):

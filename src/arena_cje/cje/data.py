@@ -273,7 +273,7 @@ def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np
         raise frame.error(f"expected a number or null, got {first_problem}{frame.also(bad)}", bad[0], field_name)
     inf = np.flatnonzero(np.isinf(out))
     if inf.size:
-        raise frame.error(f"infinite value {out[inf[0]]!r}; expected a finite number or null{frame.also(inf)}",
+        raise frame.error(f"infinite value {float(out[inf[0]])!r}; expected a finite number or null{frame.also(inf)}",
                           int(inf[0]), field_name)
     return out
 
@@ -281,7 +281,7 @@ def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np
 def _check_range(frame: _Frame, field_name: str, x: np.ndarray, lo: float, hi: float) -> None:
     bad = np.flatnonzero(~np.isnan(x) & ((x < lo) | (x > hi)))
     if bad.size:
-        raise frame.error(f"value {x[bad[0]]!r} outside [{lo}, {hi}]{frame.also(bad)}", int(bad[0]), field_name)
+        raise frame.error(f"value {float(x[bad[0]])!r} outside [{lo}, {hi}]{frame.also(bad)}", int(bad[0]), field_name)
 
 
 def _require(frame: _Frame, column: str) -> None:
@@ -457,7 +457,7 @@ def _check_suspect_logprobs(frame: _Frame, base: np.ndarray, lps: pd.DataFrame, 
                        f"failed scoring call){frame.also(where)}")
         else:
             fld = "target_policy_logprobs"
-            problem = (f"the same log-prob {base[rows[i]]!r} under the base and every target policy (a scoring "
+            problem = (f"the same log-prob {float(base[rows[i]])!r} under the base and every target policy (a scoring "
                        f"failure upstream?){frame.also(same)}")
         raise frame.error(problem + "; fix the scores or set estimation.suspect_logprobs: warn to estimate anyway",
                           int(rows[i]), fld)
