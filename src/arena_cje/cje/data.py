@@ -292,6 +292,10 @@ def _require(frame: _Frame, column: str) -> None:
 def _id_text(v: Any) -> str:
     """A prompt id as text: strings as is, integers (and integral floats, e.g. 3.0) as digits."""
     if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # folds hash the UTF-8 bytes; a lone surrogate has none
+            raise _NotANumber(f"a string that is not valid Unicode (unpaired surrogate) {_short(v)}") from None
         return v
     if isinstance(v, (bool, np.bool_)):
         raise _NotANumber(f"a boolean {v!r}")
