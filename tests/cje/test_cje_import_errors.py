@@ -156,7 +156,7 @@ def test_broken_json_line_names_file_and_line(layout):
     logged = layout / "logged_data.jsonl"
     text = logged.read_text().split("\n")[10]
     set_line(logged, 11, text[: len(text) // 2])  # a line cut in the middle, as a crashed writer leaves it
-    raises_at(layout, logged, 11, None, r"not valid JSON \(.* at column \d+\); expected one JSON object per line")
+    raises_at(layout, logged, 11, None, r"not valid JSON \(.*, column \d+\); expected one JSON object per line")
 
 
 @pytest.mark.parametrize("which", ["logged", "fresh", "probe"])

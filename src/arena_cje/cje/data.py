@@ -166,7 +166,7 @@ def parse_jsonl(data: bytes | str, source: str, layout: str) -> pd.DataFrame:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CJEDataError(f"not valid JSON ({e.msg} at column {e.colno}); expected one JSON object per line",
+            raise CJEDataError(f"not valid JSON ({e.msg}, column {e.colno}); expected one JSON object per line",
                                file=source, line=number) from None
         except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, deep nesting
             raise CJEDataError(f"not usable JSON ({str(e)[:80]}); expected one JSON object per line",
