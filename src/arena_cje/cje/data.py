@@ -227,11 +227,12 @@ def _is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
-_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+# A plain decimal number written as a string ("0.5"); ASCII digits only (float() would take "７").
+_NUMBER_TEXT = re.compile(r"[ \t]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t]*")
 
 
-class _NotANumber(Exception):
-    """A value that is neither a number nor null (its description for the message)."""
+class _Unusable(Exception):
+    """A value of the wrong type for its field (its description, for the message)."""
 
 
 def _to_float(v: Any) -> float:
@@ -239,15 +240,15 @@ def _to_float(v: Any) -> float:
     if _is_missing(v):
         return float("nan")
     if isinstance(v, (bool, np.bool_)):
-        raise _NotANumber(f"a boolean {v!r}")
+        raise _Unusable(f"a boolean {v!r}")
     if isinstance(v, numbers.Real):
         try:
             return float(v)
         except OverflowError:
-            raise _NotANumber(f"a number too large for a float ({_short(v, 30)})") from None
+            raise _Unusable(f"a number too large for a float ({_short(v, 30)})") from None
     if isinstance(v, str) and _NUMBER_TEXT.fullmatch(v):
         return float(v)
-    raise _NotANumber(f"{_json_kind(v)} {_short(v)}")
+    raise _Unusable(f"{_json_kind(v)} {_short(v)}")
 
 
 def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np.ndarray:
@@ -264,7 +265,7 @@ def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np
     for i, v in enumerate(values):
         try:
             out[i] = _to_float(v)
-        except _NotANumber as e:
+        except _Unusable as e:
             out[i] = np.nan
             if not bad:
                 first_problem = str(e)
@@ -295,15 +296,15 @@ def _id_text(v: Any) -> str:
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:  # folds hash the UTF-8 bytes; a lone surrogate has none
-            raise _NotANumber(f"a string that is not valid Unicode (unpaired surrogate) {_short(v)}") from None
+            raise _Unusable(f"a string that is not valid Unicode (unpaired surrogate) {_short(v)}") from None
         return v
     if isinstance(v, (bool, np.bool_)):
-        raise _NotANumber(f"a boolean {v!r}")
+        raise _Unusable(f"a boolean {v!r}")
     if isinstance(v, numbers.Integral):
         return str(int(v))
     if isinstance(v, numbers.Real) and np.isfinite(float(v)) and float(v).is_integer():
         return str(int(v))
-    raise _NotANumber(f"{_json_kind(v)} {_short(v)}")
+    raise _Unusable(f"{_json_kind(v)} {_short(v)}")
 
 
 def _prompt_ids(frame: _Frame) -> np.ndarray:
@@ -322,7 +323,7 @@ def _prompt_ids(frame: _Frame) -> np.ndarray:
                               i, "prompt_id")
         try:
             ids.append(_id_text(v))
-        except _NotANumber as e:
+        except _Unusable as e:
             raise frame.error(f"expected a string (or integer) id, got {e}", i, name) from None
     return np.array(ids, dtype=object)
 

@@ -141,6 +141,8 @@ def _logprob_reasons(ctx: "EstimationContext", pw: PolicyWeights) -> list[str]:
     if d.n_missing_logprob:
         reasons.append(f"{d.n_missing_logprob} logged row(s) without log-probs excluded")
     src = ctx.data.logged_source
+    if src is not None and len(src.labels) != len(pw.mask):  # a dataset rebuilt from another one's rows
+        src = None
     if d.n_zero_logprob:
         where = f" ({src.describe(pw.zero_rows)})" if src is not None else ""
         reasons.append(f"{d.n_zero_logprob} logged row(s) with a log-prob of exactly 0.0 (probability one: a failed "
