@@ -1,4 +1,4 @@
-"""Catalog dataset types for optional inputs (probe slices, true values, raw Arena conversations)."""
+"""Catalog dataset types: the reference JSONL layout and optional inputs (probe slices, true values, raw Arena conversations)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from typing import Any
 
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.pandas import CSVDataset, JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
+
+from arena_cje.cje.data import LAYOUTS, CJEDataError, parse_jsonl
 
 
 class OptionalPartitionedDataset(PartitionedDataset):
@@ -22,6 +24,43 @@ class OptionalPartitionedDataset(PartitionedDataset):
         if not self._list_partitions():
             return {}
         return super().load()
+
+
+class CJEJsonlLoadError(DatasetError, CJEDataError):
+    """A ``CJEDataError`` raised while loading; as a ``DatasetError`` Kedro re-raises it with its message intact
+    (other exceptions become "Failed while loading data from dataset <repr>")."""
+
+
+class CJEJsonlDataset(JSONDataset):
+    """One JSONL file of the reference (``cje-eval``) layout, read line by line.
+
+    Loading parses with :func:`arena_cje.cje.parse_jsonl`: the frame's index is the file's line
+    numbers and it remembers its path, so every error about it names file, line and field
+    (:class:`arena_cje.cje.CJEDataError`). Saving is ``pandas.JSONDataset``'s (``lines``, ``records``).
+
+    Args:
+        layout: ``logged``, ``fresh_draws`` or ``probe``: which file of the layout this is (quoted
+            when the file is empty).
+        **kwargs: ``pandas.JSONDataset`` arguments (``filepath``, ``save_args``, ...).
+    """
+
+    def __init__(self, *, layout: str, **kwargs: Any) -> None:
+        if layout not in LAYOUTS:
+            raise DatasetError(f"CJEJsonlDataset: layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        kwargs.setdefault("save_args", {"lines": True, "orient": "records"})
+        super().__init__(**kwargs)
+        self._layout = layout
+
+    def load(self) -> pd.DataFrame:
+        from kedro.io.core import get_filepath_str
+
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(path, mode="rb") as f:
+            data = f.read()
+        try:
+            return parse_jsonl(data, source=path, layout=self._layout)
+        except CJEDataError as e:
+            raise CJEJsonlLoadError(e.problem, file=e.file, line=e.line, field=e.field, in_file=e.in_file) from None
 
 
 class OptionalCSVDataset(CSVDataset):

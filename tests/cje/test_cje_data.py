@@ -47,10 +47,10 @@ def test_missing_logprob_is_excluded_and_counted_not_imputed():
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("judge_score", ["0.5", "high"], "frame 'logged', field 'judge_score'.*row 1: 'high'"),
+        ("judge_score", ["0.5", "high"], "frame 'logged', row 1, field 'judge_score': .*got a string 'high'"),
         ("judge_score", [0.5, 1.7], "frame 'logged', row 1, field 'judge_score'"),
         ("base_policy_logprob", [-1.0, 2.0], "frame 'logged', row 1, field 'base_policy_logprob'"),
-        ("oracle_label", [True, 0.1], "frame 'logged', field 'oracle_label'.*row 0"),
+        ("oracle_label", [True, 0.1], "frame 'logged', row 0, field 'oracle_label': .*boolean True"),
     ],
 )
 def test_validation_errors_name_frame_row_field(column, value, message):
@@ -61,7 +61,7 @@ def test_validation_errors_name_frame_row_field(column, value, message):
 def test_bad_target_logprob_and_missing_prompt_id_are_named():
     df = _logged()
     df.at[1, "target_policy_logprobs"] = {"t": "oops"}
-    with pytest.raises(ValueError, match=r"field 'target_policy_logprobs.t'.*row 1"):
+    with pytest.raises(ValueError, match=r"row 1, field 'target_policy_logprobs.t': .*'oops'"):
         CJEDataset.from_frames(df)
     df = _logged()
     df.at[1, "prompt_id"] = None

@@ -209,7 +209,16 @@ def test_arena_sample_flags_unhelpful(arena_sample):
     e = res.estimates
     assert (e.loc[(e.policy == "unhelpful") & (e.estimator != "naive"), "status"] == "refused").all()
     ok = e[(e.policy.isin(["clone", "parallel_universe_prompt"])) & e.estimator.isin(["direct", "stacked_dr"])]
-    assert (ok.status == "ok").all() and ok.estimate.between(0.7, 0.82).all()
+    assert ok.estimate.between(0.7, 0.82).all()
+    # The sample's two logged rows with a log-prob of exactly 0.0 (lines 351 and 574: the base and the
+    # clone score "SolidGoldMagikarp" 0.0) are the only warning of the rows that use the weights.
+    assert (ok[ok.estimator == "direct"].status == "ok").all()
+    dr = ok[ok.estimator == "stacked_dr"].set_index("policy")
+    assert (dr.status == "warning").all()
+    assert dr.loc["parallel_universe_prompt", "reasons"].startswith("2 logged row(s) with a log-prob of exactly 0.0")
+    assert dr.loc["clone", "reasons"].startswith("1 logged row(s) with a log-prob of exactly 0.0")
+    assert "; " not in dr.loc["clone", "reasons"] and "; " not in dr.loc["parallel_universe_prompt", "reasons"]
+    assert res.weights["parallel_universe_prompt"].n_zero_logprob == 2 and res.weights["clone"].n_zero_logprob == 1
     assert res.weights["parallel_universe_prompt"].ess_raw < 0.01 < res.weights["parallel_universe_prompt"].ess_simcal
 
 

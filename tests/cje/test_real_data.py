@@ -49,7 +49,10 @@ def test_audited_policies_are_combined_and_cover(result):
     for p in ("clone", "parallel_universe_prompt"):
         for name in ("direct", "stacked_dr"):
             r = e.loc[(p, name)]
-            assert r.level_source == "combined" and r.status == "ok"
+            assert r.level_source == "combined"
+            # stacked_dr uses the weights, and two logged rows have a log-prob of exactly 0.0 (counted).
+            expected = "ok" if name == "direct" else "warning"
+            assert r.status == expected and (expected == "ok" or "exactly 0.0" in r.reasons)
             assert r.ci_lower <= README_TRUTH[p] <= r.ci_upper
     # The auto calibrator picks the two-stage calibrator on response length here (paired 1-SE rule).
     sel = result.calibration.selection

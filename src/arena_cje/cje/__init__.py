@@ -1,6 +1,7 @@
 """Statistical core of Arena CJE: calibration, weights, estimators, inference, diagnostics.
 
-Pure numpy/pandas/scikit-learn/scipy; no Kedro, no backends, no file I/O. Formulas are in the
+Pure numpy/pandas/scikit-learn/scipy; no Kedro, no backends, no file I/O (``parse_jsonl`` parses
+bytes a caller has read). Formulas are in the
 module docstrings and in ``docs/statistics.md``.
 
 Usage::
@@ -13,7 +14,7 @@ Usage::
 from arena_cje.cje.api import EstimationResult, TransportAudit, estimate_policies, transport_audit
 from arena_cje.cje.calibration import CalibrationDiagnostics, fit_calibration
 from arena_cje.cje.config import ALL_ESTIMATORS, EstimationConfig, Gates
-from arena_cje.cje.data import CJEDataset, response_length
+from arena_cje.cje.data import CJEDataError, CJEDataset, parse_jsonl, response_length, suspect_logprob_rows
 from arena_cje.cje.estimators import ESTIMATORS, EstimatorOutput
 from arena_cje.cje.folds import fold_of
 from arena_cje.cje.weights import WeightDiagnostics
@@ -22,6 +23,7 @@ __all__ = [
     "ALL_ESTIMATORS",
     "ESTIMATORS",
     "CalibrationDiagnostics",
+    "CJEDataError",
     "CJEDataset",
     "EstimationConfig",
     "EstimationResult",
@@ -32,6 +34,8 @@ __all__ = [
     "estimate_policies",
     "fit_calibration",
     "fold_of",
+    "parse_jsonl",
     "response_length",
+    "suspect_logprob_rows",
     "transport_audit",
 ]

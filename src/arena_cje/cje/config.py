@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from arena_cje.cje.data import SUSPECT_LOGPROB_MODES
+
 ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 CALIBRATORS = ("isotonic", "two_stage", "auto")
 TRANSPORT_RULES = ("refuse", "correct")
@@ -57,6 +59,10 @@ class EstimationConfig:
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.
+        suspect_logprobs: ``warn``: log-probs of exactly 0.0, or identical under the base and every
+            target policy of a logged row, are kept and counted in the rows' reasons and the weight
+            diagnostics; ``error``: reading the data fails with a ``CJEDataError`` naming the first
+            such line (``CJEDataset.from_frames``).
     """
 
     estimators: tuple[str, ...] = ("naive", "snips", "direct")
@@ -72,6 +78,7 @@ class EstimationConfig:
     baseline: str | None = None
     reliability_bins: int = 10
     gates: Gates = field(default_factory=Gates)
+    suspect_logprobs: str = "warn"
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.estimators if e not in ALL_ESTIMATORS]
@@ -89,6 +96,9 @@ class EstimationConfig:
             raise ValueError(f"estimation.var_cap must be > 0 or null, got {self.var_cap}")
         if self.transport_rule not in TRANSPORT_RULES:
             raise ValueError(f"estimation.transport_rule must be one of {list(TRANSPORT_RULES)}, got {self.transport_rule!r}")
+        if self.suspect_logprobs not in SUSPECT_LOGPROB_MODES:
+            raise ValueError(f"estimation.suspect_logprobs must be one of {list(SUSPECT_LOGPROB_MODES)}, "
+                             f"got {self.suspect_logprobs!r}")
         if int(self.n_bootstrap) < 0:
             raise ValueError(f"estimation.n_bootstrap must be >= 0, got {self.n_bootstrap}")
 

@@ -54,7 +54,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from arena_cje.cje.calibration import CrossFitCalibration, make_calibrator
 from arena_cje.cje.config import EstimationConfig
-from arena_cje.cje.data import CJEDataset
+from arena_cje.cje.data import CJEDataset, suspect_logprob_rows
 from arena_cje.cje.folds import fold_of
 from arena_cje.cje.weights import (
     WeightDiagnostics,
@@ -130,6 +130,28 @@ class PolicyWeights:
     simcal: np.ndarray
     diagnostics: WeightDiagnostics
     simcal_fit: SimcalResult | None = None
+    zero_rows: np.ndarray | None = None  # used logged rows with a log-prob of exactly 0.0 (all rows, bool)
+    identical_rows: np.ndarray | None = None  # used logged rows with one log-prob under every policy
+
+
+def _logprob_reasons(ctx: "EstimationContext", pw: PolicyWeights) -> list[str]:
+    """Why the logged rows behind a policy's weights are incomplete or suspect (counted, never imputed)."""
+    d = pw.diagnostics
+    reasons = []
+    if d.n_missing_logprob:
+        reasons.append(f"{d.n_missing_logprob} logged row(s) without log-probs excluded")
+    src = ctx.data.logged_source
+    if src is not None and len(src.labels) != len(pw.mask):  # a dataset rebuilt from another one's rows
+        src = None
+    if d.n_zero_logprob:
+        where = f" ({src.describe(pw.zero_rows)})" if src is not None else ""
+        reasons.append(f"{d.n_zero_logprob} logged row(s) with a log-prob of exactly 0.0 (probability one: a failed "
+                       f"scoring call upstream?){where}")
+    if d.n_identical_logprobs:
+        where = f" ({src.describe(pw.identical_rows)})" if src is not None else ""
+        reasons.append(f"{d.n_identical_logprobs} logged row(s) with the same log-prob under every policy (a "
+                       f"scoring failure upstream?){where}")
+    return reasons
 
 
 class EstimationContext:
@@ -185,6 +207,11 @@ class EstimationContext:
             self._fresh[policy] = d
         return self._fresh[policy]
 
+    @cached_property
+    def suspect_logprobs(self) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+        """``data.suspect_logprob_rows`` of the logged rows (exact 0.0, identical under every policy)."""
+        return suspect_logprob_rows(self.logged["base_logprob"].to_numpy(dtype=float), self.data.logprobs)
+
     def weights(self, policy: str) -> PolicyWeights | None:
         """Raw and SIMCal weights of a policy (None when it has no log-probs)."""
         if policy not in self.data.logprobs.columns:
@@ -228,7 +255,12 @@ class EstimationContext:
                 ttc=ttc,
                 ttc_method=ttc_method,
             )
-            self._weights[policy] = PolicyWeights(mask=mask, raw=w, simcal=sim, diagnostics=diag, simcal_fit=res)
+            zero_base, zero_target, identical = self.suspect_logprobs
+            zero_rows = (zero_base | zero_target[policy].to_numpy()) & mask
+            identical_rows = identical & mask
+            diag.n_zero_logprob, diag.n_identical_logprobs = int(zero_rows.sum()), int(identical_rows.sum())
+            self._weights[policy] = PolicyWeights(mask=mask, raw=w, simcal=sim, diagnostics=diag, simcal_fit=res,
+                                                  zero_rows=zero_rows, identical_rows=identical_rows)
         return self._weights[policy]
 
 
@@ -333,8 +365,9 @@ def _ips(ctx: EstimationContext, policy: str, name: str, which: str) -> Estimato
     out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
     if which == "simcal" and pw.diagnostics.ess_raw < 0.999:  # unit weights: SIMCal is the identity
         out.extras["sampling_jackknife"] = (_simcal_jackknife(ctx, pw, r), SIMCAL_JACKKNIFE_GROUPS)
-    if pw.diagnostics.n_missing_logprob:
-        out.reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
+    data_reasons = _logprob_reasons(ctx, pw)
+    if data_reasons:
+        out.reasons.extend(data_reasons)
         out.warned = True
     d, g = pw.diagnostics, ctx.config.gates
     if which == "simcal":
@@ -387,8 +420,7 @@ def _dr_setup(ctx: EstimationContext, policy: str, name: str) -> dict | Estimato
     reasons = []
     if (~keep).any():
         reasons.append(f"{int((~keep).sum())} logged row(s) without fresh draws of the policy excluded")
-    if pw.diagnostics.n_missing_logprob:
-        reasons.append(f"{pw.diagnostics.n_missing_logprob} logged row(s) without log-probs excluded")
+    reasons.extend(_logprob_reasons(ctx, pw))
     return {"rows": rows, "pid": pid_all[rows], "fresh_index": fresh_index, "w": w, "y": y, "lab": lab, "pi": pi_l, "fresh": f, "reasons": reasons,
             "judge": ctx.logged["judge_score"].to_numpy(dtype=float)[rows], "folds": ctx.folds[rows]}
 

@@ -210,6 +210,10 @@ class WeightDiagnostics:
         policy: Target policy.
         n: Rows with both log-probs.
         n_missing_logprob: Logged rows excluded because a log-prob was missing.
+        n_zero_logprob: Used rows whose base or target log-prob is exactly 0.0 (probability one:
+            a scoring failure upstream, or an empty response; ``data.suspect_logprob_rows``).
+        n_identical_logprobs: Used rows whose log-prob is the same under the base and every
+            target policy (a scoring failure upstream?).
         ess_raw: ESS fraction of the raw Hajek weights.
         ess_simcal: ESS fraction after SIMCal-W (NaN if not computed).
         max_weight: Largest raw mean-one weight.
@@ -241,6 +245,8 @@ class WeightDiagnostics:
     log_weights: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     ttc: float = float("nan")
     ttc_method: str = "unavailable"
+    n_zero_logprob: int = 0
+    n_identical_logprobs: int = 0
 
     def as_row(self) -> dict[str, float | int | str]:
         """Flat dict (no arrays) for a diagnostics table."""

@@ -32,13 +32,18 @@ def estimate_policy_values(
 
     Returns:
         The :class:`arena_cje.cje.EstimationResult` (estimates, differences, diagnostics).
+
+    Raises:
+        arena_cje.cje.CJEDataError: an input that cannot be used (file, line, field and why).
     """
+    config = EstimationConfig.from_params(estimation)
     data = CJEDataset.from_frames(
         cje_logged_data,
         fresh_draws=_load_partitions(cje_fresh_draws),
         probes=_load_partitions(cje_probe_slices),
+        suspect_logprobs=config.suspect_logprobs,
     )
-    return estimate_policies(data, EstimationConfig.from_params(estimation))
+    return estimate_policies(data, config)
 
 
 def tabulate_estimates(estimation_result, policy_truth: pd.DataFrame) -> pd.DataFrame:
