@@ -147,3 +147,27 @@ def test_catalog_keeps_worker_ids_as_text(tmp_path, name):
     dataset = CSVDataset(filepath=str(tmp_path / "f.csv"), load_args=entry.get("load_args"))
     dataset.save(pd.DataFrame({"task_id": ["t1", "t2"], "worker_id": ["007", "4"], "rating": [3.0, 4.0]}))
     assert dataset.load()["worker_id"].tolist() == ["007", "4"]
+
+
+def test_assembled_dataset_leaves_out_prompts_whose_logged_response_failed(caplog):
+    """A failed logged response (real backends) must not leave orphan fresh draws: the reader refuses them."""
+    from arena_cje.pipelines.labeling.nodes import assemble_cje_dataset
+
+    key = ["prompt_id", "policy", "draw_idx"]
+    prompts = pd.DataFrame({"prompt_id": ["p1", "p2"], "prompt": ["A?", "B?"], "split": ["calibration", "evaluation"]})
+    rows = [(pid, pol) for pid in ("p1", "p2") for pol in ("pi_0", "pi_x")]
+    responses = pd.DataFrame({
+        "prompt_id": [r[0] for r in rows], "policy": [r[1] for r in rows], "draw_idx": 0,
+        "response": ["a", "b", "c", "d"], "logprob": -1.0, "n_tokens": 3,
+        "error": [None, None, "HTTP 500 after 7 attempts", None],  # p2's logged response failed
+    })
+    logprobs = pd.DataFrame({"prompt_id": ["p1", "p1"], "policy": ["pi_0", "pi_x"], "logprob": [-1.0, -2.0]})
+    judge = responses[key].assign(judge_score=0.5)
+    oracle = pd.DataFrame({"prompt_id": ["p1", "p2"], "policy": ["pi_0", "pi_x"], "draw_idx": 0,
+                           "oracle_label": [0.4, 0.6], "purpose": ["calibration", "probe"]})
+    with caplog.at_level("WARNING"):
+        logged, fresh, probes = assemble_cje_dataset(prompts, responses, logprobs, judge, oracle, "pi_0")
+    assert list(logged["prompt_id"]) == ["p1"]
+    assert all(set(frame["prompt_id"]) == {"p1"} for frame in fresh.values())
+    assert all(set(frame["prompt_id"]) <= {"p1"} for frame in probes.values())
+    assert "1 responses of 1 prompts left out" in caplog.text

@@ -385,6 +385,17 @@ def assemble_cje_dataset(
         }
     )
     draw_columns = ["prompt_id", "prompt", "response", "judge_score", "draw_idx", "oracle_label", "logprob", "n_tokens"]
+    # Every policy is estimated on the logged prompts (the layout requires it, and paired
+    # differences need the same prompts): a prompt whose logged response failed is left out of
+    # the fresh draws and probes too, and counted.
+    orphan = ~scored["prompt_id"].isin(set(logged["prompt_id"]))
+    if orphan.any():
+        logger.warning(
+            "assemble_cje_dataset: %d responses of %d prompts left out: those prompts have no logged %s response "
+            "(first: %s)", int(orphan.sum()), scored.loc[orphan, "prompt_id"].nunique(), logging_policy,
+            scored.loc[orphan, "prompt_id"].iloc[0],
+        )
+        scored = scored[~orphan]
     fresh_draws = {policy: group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
     probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][[*key, "oracle_label"]]
     probes = scored.drop(columns="oracle_label").merge(probe_labels, on=key, how="inner")
