@@ -12,6 +12,7 @@ Usage::
 
 from arena_cje.cje.api import EstimationResult, TransportAudit, estimate_policies, transport_audit
 from arena_cje.cje.calibration import CalibrationDiagnostics, fit_calibration
+from arena_cje.cje.comparisons import PolicyComparisons, adjust_p_values, compare_policies
 from arena_cje.cje.config import ALL_ESTIMATORS, EstimationConfig, Gates
 from arena_cje.cje.data import CJEDataset, response_length
 from arena_cje.cje.estimators import ESTIMATORS, EstimatorOutput
@@ -27,8 +28,11 @@ __all__ = [
     "EstimationResult",
     "EstimatorOutput",
     "Gates",
+    "PolicyComparisons",
     "TransportAudit",
     "WeightDiagnostics",
+    "adjust_p_values",
+    "compare_policies",
     "estimate_policies",
     "fit_calibration",
     "fold_of",

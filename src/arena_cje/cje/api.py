@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
+from arena_cje.cje.comparisons import COMPARISON_COLUMNS, DECISION_COLUMNS, compare_policies, t_test_p_value
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
@@ -41,8 +42,8 @@ from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
                     "status", "reasons", "ess_fraction"]
-DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n",
-                      "status", "reasons"]
+DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "df",
+                      "p_value", "n", "status", "reasons"]
 
 
 @dataclass
@@ -71,6 +72,10 @@ class EstimationResult:
         calibration: Calibration diagnostics (None when there were too few labels).
         weights: Per-policy weight diagnostics (policies with log-probs).
         transport: Probe audits, one per policy with a probe.
+        comparisons: Every pair of policies per estimator with raw, BH and Bonferroni p-values
+            (``comparisons.COMPARISON_COLUMNS``).
+        decisions: Per estimator: best policy, runner-up, their difference and whether the
+            decision is ready (``comparisons.DECISION_COLUMNS``).
         outputs: Raw estimator outputs (influence contributions), keyed by (policy, estimator).
     """
 
@@ -79,6 +84,8 @@ class EstimationResult:
     calibration: CalibrationDiagnostics | None
     weights: dict[str, WeightDiagnostics]
     transport: dict[str, TransportAudit] = field(default_factory=dict)
+    comparisons: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
+    decisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
     outputs: dict[tuple[str, str], EstimatorOutput] = field(default_factory=dict, repr=False)
 
     @property
@@ -265,7 +272,10 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
             })
     estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
     estimates = apply_transport_rule(ctx, estimates, audits, statuses)
-    differences = paired_differences(ctx, data.policies, config, statuses)
+    all_pairs = paired_differences(ctx, data.policies, config, statuses, baseline=None)
+    differences = (all_pairs if config.baseline is None
+                   else paired_differences(ctx, data.policies, config, statuses, baseline=config.baseline))
+    compared = compare_policies(all_pairs, estimates, config.alpha)
     weights = {p: ctx.weights(p).diagnostics for p in data.policies if ctx.weights(p) is not None}
     return EstimationResult(
         estimates=estimates,
@@ -273,15 +283,20 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
         calibration=cal.diagnostics if cal is not None else None,
         weights=weights,
         transport=audits,
+        comparisons=compared.table,
+        decisions=compared.decisions,
         outputs=dict(ctx.outputs),
     )
 
 
 def paired_differences(ctx: EstimationContext, policies: list[str], config: EstimationConfig,
-                       statuses: dict[tuple[str, str], RowStatus]) -> pd.DataFrame:
-    """theta_A - theta_B on shared prompts for each estimator (module docstring)."""
-    if config.baseline is not None:
-        pairs = [(p, config.baseline) for p in policies if p != config.baseline]
+                       statuses: dict[tuple[str, str], RowStatus], baseline: str | None) -> pd.DataFrame:
+    """theta_A - theta_B on shared prompts for each estimator (module docstring).
+
+    ``baseline``: every other policy against it; None: all pairs (A before B in ``policies``).
+    """
+    if baseline is not None:
+        pairs = [(p, baseline) for p in policies if p != baseline]
     else:
         pairs = [(a, b) for i, a in enumerate(policies) for b in policies[i + 1:]]
     rows = []
@@ -302,6 +317,7 @@ def paired_differences(ctx: EstimationContext, policies: list[str], config: Esti
             reasons = [f"{a}: {r}" for r in sa.reasons] + [f"{b}: {r}" for r in sb.reasons]
             status = "refused" if (sa.refused or sb.refused) else ("warning" if reasons else "ok")
             rows.append({"policy": a, "baseline": b, "estimator": name, "estimate": iv.estimate, "std_error": iv.std_error,
-                         "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "n": int(len(shared)),
+                         "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "df": iv.df,
+                         "p_value": t_test_p_value(iv.estimate, iv.std_error, iv.df), "n": int(len(shared)),
                          "status": status, "reasons": "; ".join(reasons)})
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)

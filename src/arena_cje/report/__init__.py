@@ -8,10 +8,11 @@ from .build import SECTION_IDS, build_report
 from .document import Figure, Section, figure_png, render_html, render_markdown
 from .figures import plot_calibration, plot_differences, plot_forest, plot_weight_diagnostics
 from .tables import differences_vs_baseline, flatten_parameters, stage_summary
-from .verdicts import VERDICT_PREFERENCE, policy_verdicts
+from .verdicts import VERDICT_PREFERENCE, decision_estimator, decision_sentence, policy_verdicts
 
 __all__ = [
     "BUDGET_COLUMNS", "SECTION_IDS", "VERDICT_PREFERENCE", "Figure", "Section", "build_report",
+    "decision_estimator", "decision_sentence",
     "differences_vs_baseline", "figure_png", "flatten_parameters", "plan_label_budget",
     "plot_calibration", "plot_differences", "plot_forest", "plot_weight_diagnostics",
     "policy_verdicts", "render_html", "render_markdown", "stage_summary",

@@ -53,6 +53,11 @@ def tabulate_differences(estimation_result) -> pd.DataFrame:
     return estimation_result.differences
 
 
+def tabulate_comparisons(estimation_result) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every pairwise comparison (raw, BH and Bonferroni p-values) and the best-policy decision per estimator."""
+    return estimation_result.comparisons, estimation_result.decisions
+
+
 def _load_partitions(partitions: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """Kedro partitions (policy -> loader) -> policy -> DataFrame."""
     return {policy: value() if callable(value) else value for policy, value in (partitions or {}).items()}
