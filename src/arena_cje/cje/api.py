@@ -12,7 +12,15 @@ Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction
 use is below ``ess_refuse`` and warned below ``ess_warn``; a raw-weight Hill index below
 ``hill_warn`` warns SNIPS; judge-score overlap below ``overlap_warn`` warns direct and DR rows;
 fewer than ``min_labels`` oracle labels, or oracle labels that are all equal, refuse all calibrated
-rows.
+rows. REFUSE-LEVEL (CJE paper coverage badge): a calibrated row is refused when a share >=
+``out_of_range_refuse`` (5%) of the judge scores it applies the calibration to lies outside
+[min S, max S] of the labelled slice the calibration was fitted on (the policy's fresh draws for
+direct and DR rows, the logged rows for IPS rows):
+share = #{S_j < min S_L or S_j > max S_L} / #{j}. The gate is about levels that rest on the
+calibration's extrapolation: direct/DR rows of a policy with labels of its own responses (its
+residual term corrects f wherever f extrapolates) are exempt, and under ``transport_rule="correct"``
+a policy with an oracle probe reports its probe-corrected level (C = theta_direct + mean probe
+residual, unbiased whatever f is; status ``warning``) instead of being refused.
 
 Paired differences theta_A - theta_B (same estimator) use the prompts both policies' contributions
 share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
@@ -37,7 +45,7 @@ from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule
+from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
@@ -122,6 +130,7 @@ class RowStatus:
     refused: bool
     warned: bool
     reasons: list[str]
+    force_probe: bool = False  # REFUSE-LEVEL on a borrowed level with a probe: report the probe-corrected value
 
     @property
     def status(self) -> str:
@@ -169,6 +178,19 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     # Under transport_rule "correct" a failed audit makes level rows report the probe-corrected value
     # (transport.py) instead of refusing them.
     corrected = ctx.config.transport_rule == "correct" and name in LEVEL_ESTIMATORS
+    if name != "naive" and ctx.cal is not None:
+        share, where = _out_of_range(ctx, est.policy, name)
+        own = name in LEVEL_ESTIMATORS and has_own_labels(ctx, est.policy)
+        if share >= g.out_of_range_refuse and not own:
+            lo, hi = ctx.cal.diagnostics.judge_range
+            text = (f"REFUSE-LEVEL: {share:.1%} of the {where} judge scores lie outside the range "
+                    f"[{lo:g}, {hi:g}] the calibration was fitted on (>= {g.out_of_range_refuse:.0%})")
+            if corrected and audit is not None:
+                out.warned, out.force_probe = True, True
+                out.reasons.append(text + ": the borrowed level is not reported")
+            else:
+                out.refused = True
+                out.reasons.append(text)
     if audit is not None and name != "naive" and not audit.passed and not corrected:
         out.refused = True
         out.reasons.append(
@@ -176,6 +198,28 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             f" beyond +/-{audit.margin}"
         )
     return out
+
+
+def out_of_range_share(scores: np.ndarray, lo: float, hi: float) -> float:
+    """Share of finite ``scores`` outside [lo, hi] (NaN when there are none)."""
+    s = np.asarray(scores, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan")
+    tol = 1e-9 * max(1.0, abs(hi - lo))  # judge grids survive rescaling up to rounding
+    return float(np.mean((s < lo - tol) | (s > hi + tol)))
+
+
+def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float, str]:
+    """(share, which scores) of the judge scores row (policy, name) applies the calibration to (module docstring)."""
+    lo, hi = ctx.cal.diagnostics.judge_range
+    parts = []
+    f = ctx.fresh(policy)
+    if name in LEVEL_ESTIMATORS and f is not None:
+        parts.append((out_of_range_share(f["judge"], lo, hi), "fresh-draw"))
+    if name in ("snips", "calibrated_ips") or (name in LEVEL_ESTIMATORS and f is None):
+        parts.append((out_of_range_share(ctx.logged["judge_score"].to_numpy(dtype=float), lo, hi), "logged"))
+    return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
 
 
 def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> np.ndarray:

@@ -36,8 +36,9 @@ OUA part K - 1 df, bias term m - 1 df).
 
 Reporting rule (``EstimationConfig.transport_rule == "correct"``):
 
-* the probe audit FAILS -> report C (``level_source = probe_corrected``, status ``warning`` with the
-  audit in ``reasons``);
+* the probe audit FAILS, or REFUSE-LEVEL fired on the borrowed level (>= 5% of the policy's judge
+  scores outside the calibrated range, ``api.py``) -> report C (``level_source = probe_corrected``,
+  status ``warning`` with the audit / the out-of-range share in ``reasons``);
 * the audit passes -> report theta_lambda (``combined``);
 * no probe and no oracle labels of the policy's own responses -> report B (``borrowed``), status
   ``warning``: the interval does not include the unmeasured transport error;
@@ -205,7 +206,8 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
                        float(np.sqrt(vc)), lam, b2, v_if, v_oua, v_bias, Contributions(float(est), pd.Series(psi, index=idx), reps))
 
 
-def _own_labels(ctx: EstimationContext, policy: str) -> bool:
+def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
+    """Whether at least two of the policy's own fresh draws carry oracle labels (nothing is borrowed)."""
     f = ctx.fresh(policy)
     return f is not None and int((~np.isnan(f["label"])).sum()) >= 2
 
@@ -239,7 +241,7 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         policy, name = row["policy"], row["estimator"]
         if name not in LEVEL_ESTIMATORS:
             continue
-        if _own_labels(ctx, policy):
+        if has_own_labels(ctx, policy):
             # Labels of the policy's own responses (the logging policy's calibration slice): the
             # direct residual term and the DR corrections use them; nothing is borrowed.
             est.at[i, "level_source"] = "own_labels"
@@ -263,10 +265,11 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         r, rk = probe_residuals(ctx, probe)
         c = probe_corrected(direct, probe, r, rk)
         audit = audits.get(policy)
-        failed = audit is not None and not audit.passed
+        # REFUSE-LEVEL on the borrowed level (api._apply_gates) also calls for the probe-corrected value.
+        failed = (audit is not None and not audit.passed) or st.force_probe
         rep = combine_levels(Contributions(out.estimate, out.psi, out.oua_replicates), c, len(r),
                              float(np.var(r, ddof=1) / len(r)), ctx.K, ctx.config.alpha, force_corrected=failed)
-        if failed:
+        if failed and audit is not None and not audit.passed:
             st.warned = True
             st.reasons.append(
                 f"transport audit failed (probe mean residual {audit.mean_residual:+.3f}, SE {audit.std_error:.3f}, "
