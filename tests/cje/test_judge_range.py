@@ -69,3 +69,41 @@ def test_out_of_range_borrowed_level_with_a_probe_reports_the_probe_corrected_va
     assert row.status == "warning" and row.level_source == "probe_corrected" and row.probe_weight == 1.0
     assert "REFUSE-LEVEL" in row.reasons and "the borrowed level is not reported" in row.reasons
     assert row.estimate == pytest.approx(row.corrected_estimate)
+
+
+def test_judge_scale_validation_and_rescaling():
+    from arena_cje.backends.judge_parsing import parse_judge_score
+    from arena_cje.cje.scale import judge_scale, to_unit_scale
+
+    assert judge_scale([0, 10]) == (0.0, 10.0) and judge_scale(None) == (0.0, 1.0)
+    for bad in ([1, 1], [5, 1], "0-10", [0], [0, float("inf")]):
+        with pytest.raises(ValueError, match="judge.scale"):
+            judge_scale(bad)
+    f = pd.DataFrame({"judge_score": [1.0, 3.0, None, 5.0]}, index=[10, 11, 12, 13])
+    out = to_unit_scale(f, (1, 5), "fresh_draws[pi_a]")
+    assert np.allclose(out["judge_score"].to_numpy(), [0.0, 0.5, np.nan, 1.0], equal_nan=True)
+    with pytest.raises(ValueError, match=r"frame 'logged', row 11, field 'judge_score': value 7.0 outside judge.scale \[1, 5\]"):
+        to_unit_scale(pd.DataFrame({"judge_score": [2.0, 7.0]}, index=[10, 11]), (1, 5), "logged")
+    # Parsing on the judge's own scale: in-range numbers kept, out-of-range refused, fractions are shares of the scale.
+    assert parse_judge_score('{"score": 7, "reason": "ok"}', (0, 10)) == (7.0, None)
+    assert parse_judge_score('{"score": 7}')[0] is None  # on the default 0-1 scale 7 is out of range
+    assert parse_judge_score("I give it 4/5", (1, 5)) == (1 + 0.8 * 4, None)
+    assert "outside [1, 5]" in parse_judge_score('{"score": 0}', (1, 5))[1]
+
+
+def test_a_zero_to_ten_judge_gives_the_same_estimates_as_the_unit_judge():
+    from arena_cje.pipelines.estimation.nodes import estimate_policy_values
+
+    d = simulate(n=600, oracle_fraction=0.3, seed=6, probe_size=40)
+    ten = lambda f: f.assign(judge_score=10 * f["judge_score"].astype(float))  # noqa: E731
+    params = {"estimators": ["naive", "direct", "dr_cpo"]}
+    unit = estimate_policy_values(d.logged, d.fresh, d.probes, params, {"scale": [0, 1]})
+    scaled = estimate_policy_values(ten(d.logged), {p: ten(f) for p, f in d.fresh.items()},
+                                    {p: ten(f) for p, f in d.probes.items()}, params, {"scale": [0, 10]})
+    cols = ["estimate", "std_error", "ci_lower", "ci_upper"]
+    pd.testing.assert_frame_equal(unit.estimates[cols], scaled.estimates[cols], rtol=1e-9, atol=1e-12)
+    assert unit.estimates["status"].tolist() == scaled.estimates["status"].tolist()
+    assert unit.decisions.equals(scaled.decisions) or unit.decisions[["best", "runner_up", "decision_ready"]].equals(
+        scaled.decisions[["best", "runner_up", "decision_ready"]])
+    with pytest.raises(ValueError, match="outside judge.scale"):
+        estimate_policy_values(ten(d.logged), d.fresh, {}, params, {"scale": [0, 5]})

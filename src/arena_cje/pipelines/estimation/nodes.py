@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
 from arena_cje.report import plot_forest  # noqa: F401  (moved to arena_cje.report; kept importable here)
 
 ESTIMATE_COLUMNS = [
@@ -21,6 +22,7 @@ def estimate_policy_values(
     cje_fresh_draws: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
     cje_probe_slices: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
     estimation: dict[str, Any],
+    judge: dict[str, Any] | None = None,
 ):
     """Run every configured estimator on the CJE dataset.
 
@@ -29,15 +31,16 @@ def estimate_policy_values(
         cje_fresh_draws: Policy -> fresh draws (Kedro partitions, loaded lazily).
         cje_probe_slices: Policy -> oracle-labelled probe of its responses (may be empty).
         estimation: ``estimation`` parameters.
+        judge: ``judge`` parameters; ``judge.scale: [min, max]`` (default [0, 1]) is the scale the
+            judge scores are on; they are mapped to [0, 1] first (:mod:`arena_cje.cje.scale`).
 
     Returns:
         The :class:`arena_cje.cje.EstimationResult` (estimates, differences, diagnostics).
     """
-    data = CJEDataset.from_frames(
-        cje_logged_data,
-        fresh_draws=_load_partitions(cje_fresh_draws),
-        probes=_load_partitions(cje_probe_slices),
-    )
+    scale = judge_scale((judge or {}).get("scale"))
+    logged, fresh, probes = frames_to_unit_scale(
+        cje_logged_data, _load_partitions(cje_fresh_draws), _load_partitions(cje_probe_slices), scale)
+    data = CJEDataset.from_frames(logged, fresh_draws=fresh, probes=probes)
     return estimate_policies(data, EstimationConfig.from_params(estimation))
 
 

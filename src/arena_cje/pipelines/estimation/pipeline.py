@@ -20,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 estimate_policy_values,
-                ["cje_logged_data", "cje_fresh_draws", "cje_probe_slices", "params:estimation"],
+                ["cje_logged_data", "cje_fresh_draws", "cje_probe_slices", "params:estimation", "params:judge"],
                 "estimation_result",
                 name="estimate_policy_values",
             ),
