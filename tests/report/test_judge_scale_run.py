@@ -12,6 +12,7 @@ def _run(tmp_path, name: str, scale: list[float]):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    (tmp_path / name).mkdir()
     project = copy_project(tmp_path / name)
     (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump({
         "prompts": {"output_samples": 200, "pool_size": 1000}, "judge": {"scale": scale}}))

@@ -2,7 +2,8 @@
 
 Transport audit (per policy with a probe): residuals r_j = Y_j - f(S_j) of the full-data calibrator
 on the policy's oracle-labelled probe; delta_hat = mean r_j, SE = sd(r)/sqrt(m), t test of delta = 0
-with m - 1 df. The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
+with m - 1 df (a stratified probe with ``inclusion_prob``: the Horvitz-Thompson mean and the
+stratified SE with m - H df, ``transport.ProbeDesign``). The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
 residual is both practically large and statistically distinguishable from zero); a failing policy's
 calibrated level estimates are ``refused`` (``transport_rule="refuse"``) or, for direct/DR rows, replaced
 by the probe-corrected level (``transport_rule="correct"``, see ``transport.py``; column ``level_source``). Rows of the naive estimator are never refused by the audit
@@ -45,7 +46,7 @@ from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels
+from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
@@ -107,15 +108,21 @@ class EstimationResult:
 
 
 def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float) -> TransportAudit:
-    """Audit whether the calibration transports to ``policy`` (module docstring)."""
+    """Audit whether the calibration transports to ``policy`` (module docstring).
+
+    A stratified probe (``inclusion_prob``) gives the HT-weighted mean residual and its stratified
+    SE with m - H df (``transport.probe_design``).
+    """
     r = probe["oracle_label"].to_numpy(dtype=float) - cal.predict_full(probe)
+    design = probe_design(probe, f"probes[{policy}]")
     m = r.size
-    d = float(r.mean())
-    se = float(r.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
+    d = design.mean(r)
+    se = float(np.sqrt(design.variance(r))) if m > 1 else float("nan")
+    df = max(design.df, 1)
     if m > 1 and se > 0:
         tstat = d / se
-        p = float(2 * stats.t.sf(abs(tstat), m - 1))
-        q = float(stats.t.ppf(1 - alpha / 2, m - 1))
+        p = float(2 * stats.t.sf(abs(tstat), df))
+        q = float(stats.t.ppf(1 - alpha / 2, df))
     else:
         p, q = (0.0 if d != 0 else 1.0), 0.0
     lo, hi = d - q * (se if np.isfinite(se) else 0.0), d + q * (se if np.isfinite(se) else 0.0)
