@@ -222,6 +222,27 @@ def probe_design(probe: pd.DataFrame, name: str = "probe") -> ProbeDesign:
     return ProbeDesign(w / w.sum(), codes.astype(int), int(codes.max()) + 1)
 
 
+def with_inclusion_probs(data, raw_probes: dict[str, pd.DataFrame]):
+    """``data`` with each probe's ``inclusion_prob`` taken from its raw frame (matched on prompt_id, draw_idx).
+
+    ``CJEDataset.from_frames`` keeps only the columns estimation has always used; a stratified probe's
+    inclusion probabilities (``labeling.probe_strata > 1``) are carried over here. Probes whose raw
+    frame has no ``inclusion_prob`` are left as they are (simple random sampling).
+    """
+    from dataclasses import replace
+
+    probes = dict(data.probes)
+    for p, raw in (raw_probes or {}).items():
+        if p not in probes or "inclusion_prob" not in raw.columns or "inclusion_prob" in probes[p].columns:
+            continue
+        if not {"prompt_id", "draw_idx"} <= set(raw.columns):
+            raise ValueError(f"frame 'probes[{p}]': 'inclusion_prob' needs top-level 'prompt_id' and 'draw_idx' columns")
+        key = raw[["prompt_id", "draw_idx", "inclusion_prob"]].assign(
+            prompt_id=raw["prompt_id"].astype(str), draw_idx=pd.to_numeric(raw["draw_idx"]).astype(float))
+        probes[p] = probes[p].merge(key.drop_duplicates(["prompt_id", "draw_idx"]), on=["prompt_id", "draw_idx"], how="left")
+    return replace(data, probes=probes)
+
+
 def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray, rk: np.ndarray | None,
                     design: ProbeDesign | None = None) -> Contributions:
     """C = theta_direct + (HT-weighted) mean_j r_j as contributions on the union of prompts (module docstring)."""

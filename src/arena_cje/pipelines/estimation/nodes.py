@@ -9,6 +9,7 @@ import pandas as pd
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
+from arena_cje.cje.transport import with_inclusion_probs
 from arena_cje.report import plot_forest  # noqa: F401  (moved to arena_cje.report; kept importable here)
 
 ESTIMATE_COLUMNS = [
@@ -40,7 +41,7 @@ def estimate_policy_values(
     scale = judge_scale((judge or {}).get("scale"))
     logged, fresh, probes = frames_to_unit_scale(
         cje_logged_data, _load_partitions(cje_fresh_draws), _load_partitions(cje_probe_slices), scale)
-    data = CJEDataset.from_frames(logged, fresh_draws=fresh, probes=probes)
+    data = with_inclusion_probs(CJEDataset.from_frames(logged, fresh_draws=fresh, probes=probes), probes)
     return estimate_policies(data, EstimationConfig.from_params(estimation))
 
 
