@@ -98,3 +98,38 @@ def test_ht_weighted_stratified_probe_is_unbiased_and_the_unweighted_mean_is_not
     ratio = np.sqrt(np.mean(var)) / err.std(ddof=1)
     assert 0.95 < ratio < 1.15, ratio
     print(f"HT error {err.mean():+.5f} (MC se {mc_se:.5f}); unweighted {perr.mean():+.5f}; SE/SD {ratio:.3f}")
+
+
+def test_stratified_probe_inclusion_probs_reach_estimation():
+    """labeling writes inclusion_prob into the probe slices; the estimation node weights by it."""
+    from arena_cje.pipelines.estimation.nodes import estimate_policy_values
+    from arena_cje.pipelines.labeling.nodes import assemble_cje_dataset
+
+    d = simulate(n=400, oracle_fraction=0.3, seed=5, targets=("pi_hot",), probe_size=40)
+    pids = d.fresh["pi_hot"]["prompt_id"].tolist()
+    n = len(pids)
+    key = lambda pol, idx: pd.DataFrame({"prompt_id": pids, "policy": pol, "draw_idx": idx})  # noqa: E731
+    responses = pd.concat([key("pi_0", 0).assign(response="r", logprob=-1.0, n_tokens=5, error=None),
+                           key("pi_hot", 0).assign(response="r", logprob=-1.0, n_tokens=5, error=None)])
+    judge = pd.concat([key("pi_0", 0).assign(judge_score=d.logged["judge_score"].to_numpy()),
+                       key("pi_hot", 0).assign(judge_score=d.fresh["pi_hot"]["judge_score"].to_numpy())])
+    rng = np.random.default_rng(0)
+    probe_rows = rng.choice(n, 40, replace=False)
+    pi = np.where(np.arange(40) < 20, 0.2, 0.05)
+    labels = pd.concat([
+        key("pi_0", 0).assign(oracle_label=d.logged["oracle_label"].to_numpy(), purpose="calibration", inclusion_prob=0.3),
+        key("pi_hot", 0).iloc[probe_rows].assign(oracle_label=rng.uniform(0, 1, 40), purpose="probe", inclusion_prob=pi),
+    ]).dropna(subset=["oracle_label"])
+    logged, fresh, probes = assemble_cje_dataset(
+        pd.DataFrame({"prompt_id": pids, "prompt": "p", "split": "x"}), responses,
+        pd.concat([key("pi_0", 0), key("pi_hot", 0)]).assign(logprob=-1.0)[["prompt_id", "policy", "logprob"]],
+        judge, labels, "pi_0")
+    assert np.allclose(np.sort(probes["pi_hot"]["inclusion_prob"]), np.sort(pi))
+    res = estimate_policy_values(logged, fresh, probes, {"estimators": ["direct"]})
+    data = with_inclusion_probs(CJEDataset.from_frames(logged, fresh, probes), probes)
+    probe = data.probes["pi_hot"]
+    r = probe["oracle_label"].to_numpy() - fit_calibration(data.logged, 5, "isotonic", data.covariates).predict_full(probe)
+    w = 1 / probe["inclusion_prob"].to_numpy()
+    audit = res.transport["pi_hot"]
+    assert audit.n_probe == 40 and audit.mean_residual == pytest.approx(np.sum(w * r) / np.sum(w), abs=1e-12)
+    assert abs(audit.mean_residual - r.mean()) > 1e-4  # the weights changed the mean
