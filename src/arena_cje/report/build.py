@@ -177,8 +177,11 @@ def build_report(
         failed = transport[~transport["passed"].astype(bool)]
         tblocks += [
             "Transport audit: the calibrator's mean residual (oracle − calibrated judge) on each target policy's "
-            "oracle-labelled probe. It fails when the residual is both larger than the margin and significant; "
-            "a failing policy's calibrated estimates are refused.",
+            "oracle-labelled probe (Horvitz–Thompson weighted when the probe is stratified). It fails when the "
+            "residual is both larger than the margin and significant; a failing policy's level estimates then "
+            "report the probe-corrected value (transport_rule correct) or are refused (transport_rule refuse). "
+            "REFUSE-LEVEL: a level resting on the calibration is refused when 5% or more of the judge scores it "
+            "uses lie outside the judge range of the labelled slice.",
             transport,
             (f"Failed: {', '.join(failed['policy'])}." if len(failed) else "Every audited policy passed."),
         ]
