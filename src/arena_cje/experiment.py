@@ -38,7 +38,12 @@ def judge_spec(judge: Mapping[str, Any]) -> JudgeSpec:
     unknown = set(judge) - allowed
     if unknown:
         raise ValueError(f"judge: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return JudgeSpec(**dict(judge))
+    spec = dict(judge)
+    if "scale" in spec:
+        from arena_cje.cje.scale import judge_scale  # the one place a scale is validated
+
+        spec["scale"] = judge_scale(spec["scale"])
+    return JudgeSpec(**spec)
 
 
 def backend_config(backend: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -41,6 +41,8 @@ POLICIES = {
     "pi_hot": PolicySpec("pi_hot", "sim-llm", 0.9, HELPFUL, 256),
     "pi_cot": PolicySpec("pi_cot", "sim-llm", 0.5, HELPFUL + " Think step-by-step before answering.", 256),
     "pi_concise": PolicySpec("pi_concise", "sim-llm", 0.3, HELPFUL + " Be concise: answer in 2-3 sentences.", 256),
+    # Not in parameters.yml: a near twin of pi_0 (true difference below 0.01) for near-tie comparisons.
+    "pi_warm": PolicySpec("pi_warm", "sim-llm", 0.55, HELPFUL, 256),
 }
 LOGGING = "pi_0"
 JUDGE = JudgeSpec(model="sim-judge", temperature=0.0)

@@ -34,14 +34,17 @@ def test_direct_and_stacked_dr_cover_on_simulated_world_naive_does_not():
     for r in range(200):
         lg, fr = draw(bank, 1000, 0.25, seed=20_000 + r)
         e = estimate_policies(CJEDataset.from_frames(lg, fr, covariates=("response_length",)), cfg).estimates
-        rows.append(e[["policy", "estimator", "estimate", "ci_lower", "ci_upper", "status"]])
+        rows.append(e[["policy", "estimator", "estimate", "ci_lower", "ci_upper", "status", "reasons"]])
     df = pd.concat(rows)
     t = df.policy.map(truth)
     df["cover"] = (df.ci_lower <= t) & (t <= df.ci_upper)
     cov = df.groupby(["estimator", "policy"]).cover.mean()
     for est in ("direct", "stacked_dr"):
         assert cov[est].between(0.92, 0.98).all(), cov
-        assert (df.loc[df.estimator == est, "status"] != "refused").all()
+        # The only refusals are REFUSE-LEVEL (>= 5% of a policy's fresh judge scores outside the labelled
+        # range; pi_concise, whose scores sit lowest, in some replications); refused rows keep their numbers.
+        refused = df[(df.estimator == est) & (df.status == "refused")]
+        assert refused.reasons.str.contains("REFUSE-LEVEL").all() and (refused.policy != "pi_0").all()
     assert (cov["naive"] < 0.5).all(), cov
     # The logging policy as its own target: unit weights, so DR and IPS agree with the direct rows' truth.
     assert np.isfinite(df.loc[(df.policy == "pi_0") & (df.estimator == "stacked_dr"), "estimate"]).all()

@@ -74,8 +74,9 @@ def test_garbage_never_crashes_and_valid_rows_survive(
     kept, quarantined = validate_ratings(parsed.rows, MAPPING, 0, 10, source="garbage.csv")
 
     # Nothing disappears: every data row is either kept or quarantined with a reason. A row whose
-    # every field is empty is a line of bare separators, which the parser documents as blank.
-    written = [r for r in rows if extra_column or any(str(field) for field in r[1])]
+    # every field is empty or white space is a line of bare separators, which the parser
+    # documents as blank.
+    written = [r for r in rows if extra_column or any(str(field).strip() for field in r[1])]
     assert len(kept) + len(quarantined) == len(parsed.rows) == len(written)
     assert quarantined["reason"].map(lambda r: isinstance(r, str) and r != "").all()
     # Every valid vote is kept with its value.

@@ -194,3 +194,28 @@ def test_budget_for_no_speaking_estimator_keeps_its_columns():
     verdicts = pd.DataFrame({"policy": [], "estimator": []})
     plan = plan_label_budget_for_verdicts(None, verdicts, {})
     assert len(plan) == 0 and len(plan.columns) > 0  # an empty CSV with a header, readable again
+
+
+def test_verdict_section_states_best_policy_runner_up_and_readiness(run):
+    result, estimates, truth = run
+    # pi_worse's rows are refused (its calibration does not transport): a gate failed, so no decision.
+    _, _, sections = build_report(parameters=PARAMS, policy_estimates=estimates, policy_differences=result.differences,
+                                  estimation_result=result, policy_truth=truth)
+    blocks = next(s for s in sections if s.id == "verdicts").blocks
+    assert blocks[0].startswith("Best policy: pi_better, runner-up ")
+    assert "decision NOT ready" in blocks[0] and "refused rows: pi_worse" in blocks[0]
+    table = blocks[2]
+    assert len(table) == 6 and {"p_value", "p_bh", "p_bonferroni", "favours"} <= set(table.columns)
+
+    # Without the biased judge nothing is refused and pi_better is clearly best: the decision is ready.
+    d = simulate(n=1500, oracle_fraction=0.3, seed=3, probe_size=60, fresh_labels_for_logging=True)
+    clean = estimate_policies(CJEDataset.from_frames(d.logged, fresh_draws=d.fresh, probes=d.probes),
+                              EstimationConfig.from_params({"estimators": ["naive", "direct"]}))
+    t = {p: true_value(p) for p in ("pi_0", "pi_hot", "pi_better", "pi_worse")}
+    second = sorted(t, key=t.get)[-2]
+    assert t["pi_better"] - t[second] > 0.05
+    _, _, sections = build_report(parameters=PARAMS, policy_estimates=clean.estimates,
+                                  policy_differences=clean.differences, estimation_result=clean)
+    sentence = next(s for s in sections if s.id == "verdicts").blocks[0]
+    assert sentence.startswith("Best policy: pi_better, runner-up ") and "DECISION READY" in sentence, sentence
+    plt.close("all")

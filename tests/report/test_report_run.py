@@ -25,3 +25,13 @@ def test_default_kedro_run_writes_the_report(tmp_path):
         assert (out / f"{png}.png").stat().st_size > 10_000
         assert f"]({png}.png)" in markdown
     assert (out / "label_budget.csv").exists() and (out / "stage_summary.csv").exists()
+    # Every pairwise comparison and the decision are tables of the run and the verdict section states them.
+    import pandas as pd
+
+    comparisons = pd.read_csv(project / "data" / "07_model_output" / "comparisons.csv")
+    decisions = pd.read_csv(project / "data" / "07_model_output" / "policy_decisions.csv")
+    direct = comparisons[comparisons["estimator"] == "direct"]
+    assert len(direct) == 6 and direct[["p_value", "p_bh", "p_bonferroni"]].notna().all().all()
+    assert (direct["p_bonferroni"] >= direct["p_value"]).all()
+    assert set(decisions["estimator"]) >= {"direct", "stacked_dr"}
+    assert "Best policy: " in content["verdicts"]["text"]

@@ -45,12 +45,18 @@ class PolicySpec:
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """The LLM judge: model, temperature (0) and the rubric actually sent."""
+    """The LLM judge: model, temperature (0), the rubric actually sent and its score scale.
+
+    ``scale = (min, max)``: the bounded scale the judge answers on (``judge.scale`` in the
+    parameters; e.g. ``[0, 10]`` or ``[1, 5]``); scores are stored on it and rescaled to [0, 1]
+    by estimation (``arena_cje.cje.scale``).
+    """
 
     model: str = "default"
     temperature: float = 0.0
     rubric: str = ""
     max_tokens: int = 64
+    scale: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass

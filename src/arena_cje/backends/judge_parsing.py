@@ -1,4 +1,4 @@
-"""Turn a judge's raw reply into a score on the 0–1 scale, or ``None`` with the reason.
+"""Turn a judge's raw reply into a score on its scale (``judge.scale``, default 0–1), or ``None`` with the reason.
 
 The rubric asks for JSON only: ``{"score": <number between 0 and 1>, "reason": "..."}``. Real
 judges (small local models above all) wrap it in prose or code fences, or stop before the closing
@@ -7,9 +7,10 @@ brace, so parsing is tolerant, in this order:
 1. the first JSON object in the text that has a ``score`` key (``json.JSONDecoder.raw_decode``
    tried at every ``{``, so fences and prose around it do not matter);
 2. a ``score: <number>`` / ``"score": <number>`` pattern (a JSON reply cut off after the number);
-3. a fraction ``<number>/<denominator>`` read as ``number / denominator`` (``8/10`` -> 0.8).
+3. a fraction ``<number>/<denominator>`` read as the share ``number / denominator`` of the scale
+   (``8/10`` -> 0.8 on 0–1, 8 on 0–10: ``min + share * (max - min)``).
 
-A number outside ``[0, 1]`` is *not* clipped (clipping would invent a score): the result is
+A number outside the scale ``[min, max]`` is *not* clipped (clipping would invent a score): the result is
 ``None`` with an error naming the value. Nothing found is ``None`` with ``"unparseable"``.
 """
 
@@ -55,21 +56,23 @@ def _json_score(text: str) -> tuple[bool, float | None]:
     return False, None
 
 
-def _checked(value: float, source: str) -> tuple[float | None, str | None]:
-    if 0.0 <= value <= 1.0:
+def _checked(value: float, source: str, scale: tuple[float, float] = (0.0, 1.0)) -> tuple[float | None, str | None]:
+    lo, hi = scale
+    if lo <= value <= hi:
         return value, None
-    return None, f"judge score {value:g} ({source}) is outside [0, 1]"
+    return None, f"judge score {value:g} ({source}) is outside [{lo:g}, {hi:g}]"
 
 
-def parse_judge_score(text: str) -> tuple[float | None, str | None]:
+def parse_judge_score(text: str, scale: tuple[float, float] = (0.0, 1.0)) -> tuple[float | None, str | None]:
     """Parse a judge reply into ``(score, error)``.
 
     Args:
         text: The judge's raw reply.
+        scale: ``(min, max)`` of the judge's scale.
 
     Returns:
-        ``(score, None)`` with ``score`` in ``[0, 1]``, or ``(None, reason)`` when no score can be
-        read or the number found is outside ``[0, 1]``.
+        ``(score, None)`` with ``score`` in ``[min, max]``, or ``(None, reason)`` when no score can
+        be read or the number found is outside the scale.
     """
     if not text or not text.strip():
         return None, "empty judge reply"
@@ -77,13 +80,16 @@ def parse_judge_score(text: str) -> tuple[float | None, str | None]:
     if found:
         if value is None:
             return None, "JSON 'score' is not a number"
-        return _checked(value, "JSON")
+        return _checked(value, "JSON", scale)
     match = _SCORE_PATTERN.search(text)
     if match:
-        return _checked(float(match.group(1)), "score pattern")
+        return _checked(float(match.group(1)), "score pattern", scale)
     match = _FRACTION_PATTERN.search(text)
     if match:
         denominator = float(match.group(2))
         if denominator > 0:
-            return _checked(float(match.group(1)) / denominator, f"fraction of {match.group(2)}")
+            share = float(match.group(1)) / denominator
+            if not 0.0 <= share <= 1.0:
+                return None, f"judge score {match.group(0)} (fraction) is outside [0, 1] of the scale"
+            return scale[0] + share * (scale[1] - scale[0]), None
     return None, "unparseable judge reply: no score found"

@@ -608,7 +608,7 @@ class LocalTransformersBackend:
                 sampled = self.sample_ids([rows[i] for i in batch], judge.temperature, [0] * len(batch), judge.max_tokens)
                 for i, s in zip(batch, sampled, strict=True):
                     raw = self.judge_prefill + self.tokenizer.decode(s.ids, skip_special_tokens=True)
-                    score, error = parse_judge_score(raw)
+                    score, error = parse_judge_score(raw, judge.scale)
                     results[i] = Judgement(score=score, raw=raw, error=error, usage={"completion_tokens": float(len(s.ids))})
                 bar.update(len(batch))
         return results  # type: ignore[return-value]

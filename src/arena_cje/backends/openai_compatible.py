@@ -1139,7 +1139,7 @@ class OpenAICompatibleBackend:
         except (KeyError, IndexError, TypeError) as exc:
             error = f"malformed chat completion: {type(exc).__name__}: {exc}"
             return _Call(Judgement(None, error=error, usage=usage), FAILED, pt, ct, cost)
-        score, error = parse_judge_score(raw)
+        score, error = parse_judge_score(raw, judge.scale)
         return _Call(Judgement(score, raw=raw, error=error, usage=usage), DONE, pt, ct, cost)
 
     def _rescored(self, prompt: str, response: str) -> bool:

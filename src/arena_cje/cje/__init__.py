@@ -13,6 +13,7 @@ Usage::
 
 from arena_cje.cje.api import EstimationResult, TransportAudit, estimate_policies, transport_audit
 from arena_cje.cje.calibration import CalibrationDiagnostics, fit_calibration
+from arena_cje.cje.comparisons import PolicyComparisons, adjust_p_values, compare_policies
 from arena_cje.cje.config import ALL_ESTIMATORS, EstimationConfig, Gates
 from arena_cje.cje.data import CJEDataError, CJEDataset, parse_jsonl, response_length, suspect_logprob_rows
 from arena_cje.cje.estimators import ESTIMATORS, EstimatorOutput
@@ -29,8 +30,11 @@ __all__ = [
     "EstimationResult",
     "EstimatorOutput",
     "Gates",
+    "PolicyComparisons",
     "TransportAudit",
     "WeightDiagnostics",
+    "adjust_p_values",
+    "compare_policies",
     "estimate_policies",
     "fit_calibration",
     "fold_of",

@@ -2,7 +2,8 @@
 
 Transport audit (per policy with a probe): residuals r_j = Y_j - f(S_j) of the full-data calibrator
 on the policy's oracle-labelled probe; delta_hat = mean r_j, SE = sd(r)/sqrt(m), t test of delta = 0
-with m - 1 df. The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
+with m - 1 df (a stratified probe with ``inclusion_prob``: the Horvitz-Thompson mean and the
+stratified SE with m - H df, ``transport.ProbeDesign``). The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
 residual is both practically large and statistically distinguishable from zero); a failing policy's
 calibrated level estimates are ``refused`` (``transport_rule="refuse"``) or, for direct/DR rows, replaced
 by the probe-corrected level (``transport_rule="correct"``, see ``transport.py``; column ``level_source``). Rows of the naive estimator are never refused by the audit
@@ -12,7 +13,15 @@ Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction
 use is below ``ess_refuse`` and warned below ``ess_warn``; a raw-weight Hill index below
 ``hill_warn`` warns SNIPS; judge-score overlap below ``overlap_warn`` warns direct and DR rows;
 fewer than ``min_labels`` oracle labels, or oracle labels that are all equal, refuse all calibrated
-rows.
+rows. REFUSE-LEVEL (CJE paper coverage badge): a calibrated row is refused when a share >=
+``out_of_range_refuse`` (5%) of the judge scores it applies the calibration to lies outside
+[min S, max S] of the labelled slice the calibration was fitted on (the policy's fresh draws for
+direct and DR rows, the logged rows for IPS rows):
+share = #{S_j < min S_L or S_j > max S_L} / #{j}. The gate is about levels that rest on the
+calibration's extrapolation: direct/DR rows of a policy with labels of its own responses (its
+residual term corrects f wherever f extrapolates) are exempt, and under ``transport_rule="correct"``
+a policy with an oracle probe reports its probe-corrected level (C = theta_direct + mean probe
+residual, unbiased whatever f is; status ``warning``) instead of being refused.
 
 Paired differences theta_A - theta_B (same estimator) use the prompts both policies' contributions
 share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
@@ -32,17 +41,18 @@ import pandas as pd
 from scipy import stats
 
 from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
+from arena_cje.cje.comparisons import COMPARISON_COLUMNS, DECISION_COLUMNS, compare_policies, t_test_p_value
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule
+from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
                     "status", "reasons", "ess_fraction"]
-DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n",
-                      "status", "reasons"]
+DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "df",
+                      "p_value", "n", "status", "reasons"]
 
 
 @dataclass
@@ -71,6 +81,10 @@ class EstimationResult:
         calibration: Calibration diagnostics (None when there were too few labels).
         weights: Per-policy weight diagnostics (policies with log-probs).
         transport: Probe audits, one per policy with a probe.
+        comparisons: Every pair of policies per estimator with raw, BH and Bonferroni p-values
+            (``comparisons.COMPARISON_COLUMNS``).
+        decisions: Per estimator: best policy, runner-up, their difference and whether the
+            decision is ready (``comparisons.DECISION_COLUMNS``).
         outputs: Raw estimator outputs (influence contributions), keyed by (policy, estimator).
     """
 
@@ -79,6 +93,8 @@ class EstimationResult:
     calibration: CalibrationDiagnostics | None
     weights: dict[str, WeightDiagnostics]
     transport: dict[str, TransportAudit] = field(default_factory=dict)
+    comparisons: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
+    decisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
     outputs: dict[tuple[str, str], EstimatorOutput] = field(default_factory=dict, repr=False)
 
     @property
@@ -92,15 +108,21 @@ class EstimationResult:
 
 
 def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float) -> TransportAudit:
-    """Audit whether the calibration transports to ``policy`` (module docstring)."""
+    """Audit whether the calibration transports to ``policy`` (module docstring).
+
+    A stratified probe (``inclusion_prob``) gives the HT-weighted mean residual and its stratified
+    SE with m - H df (``transport.probe_design``).
+    """
     r = probe["oracle_label"].to_numpy(dtype=float) - cal.predict_full(probe)
+    design = probe_design(probe, f"probes[{policy}]")
     m = r.size
-    d = float(r.mean())
-    se = float(r.std(ddof=1) / np.sqrt(m)) if m > 1 else float("nan")
+    d = design.mean(r)
+    se = float(np.sqrt(design.variance(r))) if m > 1 else float("nan")
+    df = max(design.df, 1)
     if m > 1 and se > 0:
         tstat = d / se
-        p = float(2 * stats.t.sf(abs(tstat), m - 1))
-        q = float(stats.t.ppf(1 - alpha / 2, m - 1))
+        p = float(2 * stats.t.sf(abs(tstat), df))
+        q = float(stats.t.ppf(1 - alpha / 2, df))
     else:
         p, q = (0.0 if d != 0 else 1.0), 0.0
     lo, hi = d - q * (se if np.isfinite(se) else 0.0), d + q * (se if np.isfinite(se) else 0.0)
@@ -115,6 +137,7 @@ class RowStatus:
     refused: bool
     warned: bool
     reasons: list[str]
+    force_probe: bool = False  # REFUSE-LEVEL on a borrowed level with a probe: report the probe-corrected value
 
     @property
     def status(self) -> str:
@@ -162,6 +185,19 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     # Under transport_rule "correct" a failed audit makes level rows report the probe-corrected value
     # (transport.py) instead of refusing them.
     corrected = ctx.config.transport_rule == "correct" and name in LEVEL_ESTIMATORS
+    if name != "naive" and ctx.cal is not None:
+        share, where = _out_of_range(ctx, est.policy, name)
+        own = name in LEVEL_ESTIMATORS and has_own_labels(ctx, est.policy)
+        if share >= g.out_of_range_refuse and not own:
+            lo, hi = ctx.cal.diagnostics.judge_range
+            text = (f"REFUSE-LEVEL: {share:.1%} of the {where} judge scores lie outside the range "
+                    f"[{lo:g}, {hi:g}] the calibration was fitted on (>= {g.out_of_range_refuse:.0%})")
+            if corrected and audit is not None:
+                out.warned, out.force_probe = True, True
+                out.reasons.append(text + ": the borrowed level is not reported")
+            else:
+                out.refused = True
+                out.reasons.append(text)
     if audit is not None and name != "naive" and not audit.passed and not corrected:
         out.refused = True
         out.reasons.append(
@@ -169,6 +205,28 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             f" beyond +/-{audit.margin}"
         )
     return out
+
+
+def out_of_range_share(scores: np.ndarray, lo: float, hi: float) -> float:
+    """Share of finite ``scores`` outside [lo, hi] (NaN when there are none)."""
+    s = np.asarray(scores, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan")
+    tol = 1e-9 * max(1.0, abs(hi - lo))  # judge grids survive rescaling up to rounding
+    return float(np.mean((s < lo - tol) | (s > hi + tol)))
+
+
+def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float, str]:
+    """(share, which scores) of the judge scores row (policy, name) applies the calibration to (module docstring)."""
+    lo, hi = ctx.cal.diagnostics.judge_range
+    parts = []
+    f = ctx.fresh(policy)
+    if name in LEVEL_ESTIMATORS and f is not None:
+        parts.append((out_of_range_share(f["judge"], lo, hi), "fresh-draw"))
+    if name in ("snips", "calibrated_ips") or (name in LEVEL_ESTIMATORS and f is None):
+        parts.append((out_of_range_share(ctx.logged["judge_score"].to_numpy(dtype=float), lo, hi), "logged"))
+    return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
 
 
 def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> np.ndarray:
@@ -265,7 +323,10 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
             })
     estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
     estimates = apply_transport_rule(ctx, estimates, audits, statuses)
-    differences = paired_differences(ctx, data.policies, config, statuses)
+    all_pairs = paired_differences(ctx, data.policies, config, statuses, baseline=None)
+    differences = (all_pairs if config.baseline is None
+                   else paired_differences(ctx, data.policies, config, statuses, baseline=config.baseline))
+    compared = compare_policies(all_pairs, estimates, config.alpha)
     weights = {p: ctx.weights(p).diagnostics for p in data.policies if ctx.weights(p) is not None}
     return EstimationResult(
         estimates=estimates,
@@ -273,15 +334,20 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
         calibration=cal.diagnostics if cal is not None else None,
         weights=weights,
         transport=audits,
+        comparisons=compared.table,
+        decisions=compared.decisions,
         outputs=dict(ctx.outputs),
     )
 
 
 def paired_differences(ctx: EstimationContext, policies: list[str], config: EstimationConfig,
-                       statuses: dict[tuple[str, str], RowStatus]) -> pd.DataFrame:
-    """theta_A - theta_B on shared prompts for each estimator (module docstring)."""
-    if config.baseline is not None:
-        pairs = [(p, config.baseline) for p in policies if p != config.baseline]
+                       statuses: dict[tuple[str, str], RowStatus], baseline: str | None) -> pd.DataFrame:
+    """theta_A - theta_B on shared prompts for each estimator (module docstring).
+
+    ``baseline``: every other policy against it; None: all pairs (A before B in ``policies``).
+    """
+    if baseline is not None:
+        pairs = [(p, baseline) for p in policies if p != baseline]
     else:
         pairs = [(a, b) for i, a in enumerate(policies) for b in policies[i + 1:]]
     rows = []
@@ -302,6 +368,7 @@ def paired_differences(ctx: EstimationContext, policies: list[str], config: Esti
             reasons = [f"{a}: {r}" for r in sa.reasons] + [f"{b}: {r}" for r in sb.reasons]
             status = "refused" if (sa.refused or sb.refused) else ("warning" if reasons else "ok")
             rows.append({"policy": a, "baseline": b, "estimator": name, "estimate": iv.estimate, "std_error": iv.std_error,
-                         "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "n": int(len(shared)),
+                         "ci_lower": iv.ci_lower, "ci_upper": iv.ci_upper, "df": iv.df,
+                         "p_value": t_test_p_value(iv.estimate, iv.std_error, iv.df), "n": int(len(shared)),
                          "status": status, "reasons": "; ".join(reasons)})
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)

@@ -133,6 +133,8 @@ class CalibrationDiagnostics:
         fitted_curve: Full-data calibrator on the grid (covariates at their median).
         fold_curves: K x grid array of the delete-one-fold curves.
         points: Labelled points: prompt_id, judge_score, oracle_label, oof_prediction, fold.
+        judge_range: (min, max) of the labelled judge scores: the range the calibration was fitted
+            on (outside it every calibrator is flat; the REFUSE-LEVEL gate of ``api.py``).
     """
 
     calibrator: str
@@ -147,6 +149,7 @@ class CalibrationDiagnostics:
     fitted_curve: np.ndarray
     fold_curves: np.ndarray
     points: pd.DataFrame = field(repr=False)
+    judge_range: tuple[float, float] = (float("nan"), float("nan"))
 
 
 @dataclass
@@ -308,6 +311,7 @@ def fit_calibration(
         fitted_curve=curve,
         fold_curves=fold_curves,
         points=pd.DataFrame({"prompt_id": lab["prompt_id"], "judge_score": judge, "oracle_label": y, "oof_prediction": oof, "fold": folds}),
+        judge_range=(float(judge.min()), float(judge.max())),
     )
     return CrossFitCalibration(
         n_folds=n_folds,

@@ -28,6 +28,11 @@ class Gates:
         min_labels: Fewer oracle labels than this refuses every calibrated estimate.
         ttc_refuse: Target-typicality coverage below which weights-only rows (snips,
             calibrated_ips) are ``refused`` (CJE paper gate 0.7; only where token counts exist).
+        out_of_range_refuse: REFUSE-LEVEL: share of the judge scores a row applies the calibration
+            to (fresh draws for direct/DR, logged rows for IPS) lying outside the judge-score
+            range of the labelled slice the calibration was fitted on, at or above which the row is
+            ``refused`` (CJE paper coverage badge, 5%; the calibrator is flat outside that range,
+            so the level there is extrapolated, not estimated).
     """
 
     ess_warn: float = 0.10
@@ -36,6 +41,7 @@ class Gates:
     overlap_warn: float = 0.70
     min_labels: int = 20
     ttc_refuse: float = 0.7
+    out_of_range_refuse: float = 0.05
 
 
 @dataclass(frozen=True)

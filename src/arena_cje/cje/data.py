@@ -307,6 +307,16 @@ def _id_text(v: Any) -> str:
     raise _Unusable(f"{_json_kind(v)} {_short(v)}")
 
 
+def prompt_ids(frame: pd.DataFrame, name: str = "frame") -> np.ndarray:
+    """``prompt_id`` of each row of a reference-layout frame (top level, else ``metadata.prompt_id``).
+
+    Raises:
+        CJEDataError: a row has no usable id (the message names ``name`` or the frame's file, the
+            row and the field).
+    """
+    return _prompt_ids(_Frame.of(frame, name))
+
+
 def _prompt_ids(frame: _Frame) -> np.ndarray:
     """``prompt_id`` from the top-level field, else from ``metadata.prompt_id``."""
     n = len(frame.df)

@@ -29,6 +29,17 @@ recomputed with the delete-one-fold calibrator f^(-k), as in ``inference.py``):
   Variances and covariances: cluster (prompt) covariance of the two contribution vectors embedded
   on U, plus the jackknife covariance (K-1)/K sum_k (B_k - B_bar)(C_k - C_bar) of the replicates.
 
+Stratified probes (``labeling.probe_strata > 1``: rows carry ``inclusion_prob`` pi_j; rows of equal
+pi form a stratum h with n_h rows, stratified sampling gives pi_j = n_h / N_h): the probe mean is the
+Horvitz-Thompson / Hajek mean delta_hat = sum_j r_j / pi_j / sum_j 1 / pi_j (Horvitz & Thompson 1952;
+for a stratified design sum_j 1/pi_j = N exactly, so HT = Hajek), design-unbiased for the mean
+residual over the policy's fresh draws; its variance is the stratified
+sum_h W_h^2 s_h^2 / n_h, W_h = N_h / N, s_h^2 the within-stratum variance (no finite-population
+correction: conservative), with m - H df. In the contributions the probe term becomes
+(|U|/m) sum_{j in g} m w~_j sqrt(n_h/(n_h - 1)) (r_j - r_bar_h), w~_j = (1/pi_j) / sum_l (1/pi_l),
+and the replicates use the same weights. Without ``inclusion_prob`` every formula reduces to the
+simple-random-sampling one above.
+
 Interval of the reported value: V = Var(B + lambda d_hat) + (1 - lambda)^2 b2_hat (the
 transport uncertainty the probe reveals enters as the unremoved squared bias); t interval with
 Welch-Satterthwaite df over the components (fresh/logged part G - 1 df, probe part m - 1 df,
@@ -36,8 +47,9 @@ OUA part K - 1 df, bias term m - 1 df).
 
 Reporting rule (``EstimationConfig.transport_rule == "correct"``):
 
-* the probe audit FAILS -> report C (``level_source = probe_corrected``, status ``warning`` with the
-  audit in ``reasons``);
+* the probe audit FAILS, or REFUSE-LEVEL fired on the borrowed level (>= 5% of the policy's judge
+  scores outside the calibrated range, ``api.py``) -> report C (``level_source = probe_corrected``,
+  status ``warning`` with the audit / the out-of-range share in ``reasons``);
 * the audit passes -> report theta_lambda (``combined``);
 * no probe and no oracle labels of the policy's own responses -> report B (``borrowed``), status
   ``warning``: the interval does not include the unmeasured transport error;
@@ -131,22 +143,124 @@ def probe_residuals(ctx: EstimationContext, probe: pd.DataFrame) -> tuple[np.nda
     return r, rk
 
 
-def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray, rk: np.ndarray | None) -> Contributions:
-    """C = theta_direct + mean_j r_j as contributions on the union of prompts (module docstring)."""
+@dataclass(frozen=True)
+class ProbeDesign:
+    """Sampling design of a probe (module docstring, "Stratified probes").
+
+    Attributes:
+        weights: Normalised Horvitz-Thompson weights w~_j = (1/pi_j) / sum_l (1/pi_l) (1/m when the
+            probe has no ``inclusion_prob``: simple random sampling).
+        strata: Stratum code per row (rows of equal inclusion probability form a stratum).
+        n_strata: H.
+    """
+
+    weights: np.ndarray
+    strata: np.ndarray
+    n_strata: int
+
+    @property
+    def stratified(self) -> bool:
+        return self.n_strata > 1
+
+    def mean(self, r: np.ndarray) -> float:
+        """Hajek / Horvitz-Thompson mean sum_j w~_j r_j (= the plain mean without inclusion probabilities)."""
+        return float(self.weights @ r)
+
+    def centred(self, r: np.ndarray) -> np.ndarray:
+        """Per-row contribution to the probe mean's sampling error (module docstring, "Stratified probes").
+
+        One stratum: r_j - r_bar (weights 1/m applied by the caller's |U|/m). H > 1 strata:
+        m w~_j sqrt(n_h / (n_h - 1)) (r_j - r_bar_h), so that (1/m^2) sum_j of its square is the
+        stratified variance sum_h W_h^2 s_h^2 / n_h (without finite-population correction).
+        """
+        if not self.stratified:
+            return r - r.mean()
+        out = np.empty_like(r, dtype=float)
+        m = len(r)
+        for h in range(self.n_strata):
+            sel = self.strata == h
+            n_h = int(sel.sum())
+            rbar_h = float(r[sel].mean())
+            scale = np.sqrt(n_h / (n_h - 1)) if n_h > 1 else 1.0
+            out[sel] = m * self.weights[sel] * scale * (r[sel] - rbar_h)
+        return out
+
+    def variance(self, r: np.ndarray) -> float:
+        """Var of the probe mean: s^2/m (one stratum) or sum_h W_h^2 s_h^2 / n_h (stratified)."""
+        m = len(r)
+        if m < 2:
+            return float("nan")
+        if not self.stratified:
+            return float(np.var(r, ddof=1) / m)
+        return float(np.sum(self.centred(r) ** 2) / m**2)
+
+    @property
+    def df(self) -> int:
+        """Degrees of freedom of the probe variance: m - H."""
+        return int(len(self.weights) - self.n_strata)
+
+
+def probe_design(probe: pd.DataFrame, name: str = "probe") -> ProbeDesign:
+    """Horvitz-Thompson weights and strata from the probe's ``inclusion_prob`` (module docstring).
+
+    Raises:
+        ValueError: naming the probe, row and field when some but not all rows have an inclusion
+            probability, or one is outside (0, 1].
+    """
+    m = len(probe)
+    if "inclusion_prob" not in probe.columns or probe["inclusion_prob"].isna().all():
+        return ProbeDesign(np.full(m, 1.0 / m) if m else np.empty(0), np.zeros(m, dtype=int), 1 if m else 0)
+    pi = pd.to_numeric(probe["inclusion_prob"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(pi) | (pi <= 0) | (pi > 1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"frame '{name}', row {r}, field 'inclusion_prob': {probe['inclusion_prob'].tolist()[r]!r} "
+                         f"is not a probability in (0, 1] ({int(bad.sum())} such row(s)); give every probe row its "
+                         "inclusion probability or none")
+    w = 1.0 / pi
+    codes, _ = pd.factorize(np.round(pi, 12))
+    return ProbeDesign(w / w.sum(), codes.astype(int), int(codes.max()) + 1)
+
+
+def with_inclusion_probs(data, raw_probes: dict[str, pd.DataFrame]):
+    """``data`` with each probe's ``inclusion_prob`` taken from its raw frame (matched on prompt_id, draw_idx).
+
+    ``CJEDataset.from_frames`` keeps only the columns estimation has always used; a stratified probe's
+    inclusion probabilities (``labeling.probe_strata > 1``) are carried over here. Probes whose raw
+    frame has no ``inclusion_prob`` are left as they are (simple random sampling).
+    """
+    from dataclasses import replace
+
+    probes = dict(data.probes)
+    for p, raw in (raw_probes or {}).items():
+        if p not in probes or "inclusion_prob" not in raw.columns or "inclusion_prob" in probes[p].columns:
+            continue
+        if not {"prompt_id", "draw_idx"} <= set(raw.columns):
+            raise ValueError(f"frame 'probes[{p}]': 'inclusion_prob' needs top-level 'prompt_id' and 'draw_idx' columns")
+        key = raw[["prompt_id", "draw_idx", "inclusion_prob"]].assign(
+            prompt_id=raw["prompt_id"].astype(str), draw_idx=pd.to_numeric(raw["draw_idx"]).astype(float))
+        probes[p] = probes[p].merge(key.drop_duplicates(["prompt_id", "draw_idx"]), on=["prompt_id", "draw_idx"], how="left")
+    return replace(data, probes=probes)
+
+
+def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray, rk: np.ndarray | None,
+                    design: ProbeDesign | None = None) -> Contributions:
+    """C = theta_direct + (HT-weighted) mean_j r_j as contributions on the union of prompts (module docstring)."""
+    design = design or probe_design(probe)
     m = len(r)
     pid = probe["prompt_id"].to_numpy(dtype=object)
     codes, uniq = pd.factorize(pid)
     # Hajek (ratio) form of the probe mean: centred residuals, so the fixed-size probe contributes
-    # var(r)/m and not E[r^2]/m (the squared gap is a mean, not noise).
-    rbar = float(r.mean())
-    rho = pd.Series(np.bincount(codes, weights=r - rbar, minlength=len(uniq)), index=pd.Index(uniq, name="prompt_id"))
+    # var(r)/m and not E[r^2]/m (the squared gap is a mean, not noise); stratified: centred per stratum.
+    rbar = design.mean(r)
+    rho = pd.Series(np.bincount(codes, weights=design.centred(r), minlength=len(uniq)), index=pd.Index(uniq, name="prompt_id"))
     idx = direct.psi.index.union(rho.index)
     psi = pd.Series(rbar, index=idx).add(len(idx) / len(direct.psi) * direct.psi, fill_value=0.0)
     psi = psi.add(len(idx) / m * rho, fill_value=0.0)
     reps = None
     if direct.oua_replicates is not None and rk is not None:
-        reps = direct.oua_replicates + rk.mean(axis=1)
-    return Contributions(float(direct.estimate + r.mean()), psi, reps)
+        reps = direct.oua_replicates + rk @ design.weights
+    return Contributions(float(direct.estimate + rbar), psi, reps)
 
 
 def _satterthwaite(parts: list[tuple[float, float]]) -> float:
@@ -205,7 +319,8 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
                        float(np.sqrt(vc)), lam, b2, v_if, v_oua, v_bias, Contributions(float(est), pd.Series(psi, index=idx), reps))
 
 
-def _own_labels(ctx: EstimationContext, policy: str) -> bool:
+def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
+    """Whether at least two of the policy's own fresh draws carry oracle labels (nothing is borrowed)."""
     f = ctx.fresh(policy)
     return f is not None and int((~np.isnan(f["label"])).sum()) >= 2
 
@@ -239,7 +354,7 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         policy, name = row["policy"], row["estimator"]
         if name not in LEVEL_ESTIMATORS:
             continue
-        if _own_labels(ctx, policy):
+        if has_own_labels(ctx, policy):
             # Labels of the policy's own responses (the logging policy's calibration slice): the
             # direct residual term and the DR corrections use them; nothing is borrowed.
             est.at[i, "level_source"] = "own_labels"
@@ -261,12 +376,14 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         if direct.n < 2 or not np.isfinite(direct.estimate) or st.refused:
             continue
         r, rk = probe_residuals(ctx, probe)
-        c = probe_corrected(direct, probe, r, rk)
+        design = probe_design(probe, f"probes[{policy}]")
+        c = probe_corrected(direct, probe, r, rk, design)
         audit = audits.get(policy)
-        failed = audit is not None and not audit.passed
-        rep = combine_levels(Contributions(out.estimate, out.psi, out.oua_replicates), c, len(r),
-                             float(np.var(r, ddof=1) / len(r)), ctx.K, ctx.config.alpha, force_corrected=failed)
-        if failed:
+        # REFUSE-LEVEL on the borrowed level (api._apply_gates) also calls for the probe-corrected value.
+        failed = (audit is not None and not audit.passed) or st.force_probe
+        rep = combine_levels(Contributions(out.estimate, out.psi, out.oua_replicates), c, design.df + 1,
+                             design.variance(r), ctx.K, ctx.config.alpha, force_corrected=failed)
+        if failed and audit is not None and not audit.passed:
             st.warned = True
             st.reasons.append(
                 f"transport audit failed (probe mean residual {audit.mean_residual:+.3f}, SE {audit.std_error:.3f}, "

@@ -11,7 +11,7 @@ from .budget import plan_label_budget
 from .document import Figure, Section, render_html, render_markdown
 from .figures import plot_calibration, plot_differences, plot_forest, plot_weight_diagnostics
 from .tables import differences_vs_baseline, flatten_parameters
-from .verdicts import policy_verdicts
+from .verdicts import decision_estimator, decision_sentence, policy_verdicts
 
 #: Section ids, in order (tests check each has content).
 SECTION_IDS = (
@@ -49,6 +49,8 @@ def build_report(
     prompt_filter_report: Mapping[str, Any] | None = None,
     labeling_summary: Mapping[str, Any] | None = None,
     label_budget: pd.DataFrame | None = None,
+    comparisons: pd.DataFrame | None = None,
+    decisions: pd.DataFrame | None = None,
     title: str = "Arena CJE run report",
 ) -> tuple[str, str, list[Section]]:
     """Build the report.
@@ -65,6 +67,10 @@ def build_report(
         prompt_filter_report: What the prompt filters removed.
         labeling_summary: Labels collected vs needed, agreement, QC, cost (optional).
         label_budget: Planner table; computed here from ``estimation_result`` if omitted.
+        comparisons: Every pairwise comparison (``EstimationResult.comparisons``); taken from
+            ``estimation_result`` if omitted.
+        decisions: Best policy / runner-up per estimator (``EstimationResult.decisions``); taken
+            from ``estimation_result`` if omitted.
         title: Page title.
 
     Returns:
@@ -81,12 +87,33 @@ def build_report(
     sections: list[Section] = []
 
     verdicts = policy_verdicts(policy_estimates, policy_differences, baseline, transport)
-    sections.append(Section("verdicts", "Verdict per policy", [
+    if comparisons is None:
+        comparisons = getattr(estimation_result, "comparisons", None)
+    if decisions is None:
+        decisions = getattr(estimation_result, "decisions", None)
+    verdict_blocks: list[Any] = []
+    chosen = decision_estimator(decisions) if decisions is not None else None
+    if chosen is not None:
+        verdict_blocks += [
+            decision_sentence(decisions, chosen, alpha),
+            f"Every pair of policies ({chosen}): difference policy_a − policy_b on shared prompts with its "
+            f"{1 - alpha:.0%} CI (prompt-clustered, calibration uncertainty included), the t-test p-value and the "
+            f"Benjamini–Hochberg (p_bh) and Bonferroni (p_bonferroni) adjusted p-values over the pairs; "
+            f"'favours' names the better policy where p_bh < {alpha:g}. The decision is ready when the "
+            f"best-minus-runner-up interval excludes 0 and no gate refused a policy.",
+            comparisons.loc[comparisons["estimator"] == chosen,
+                            ["policy_a", "policy_b", "estimate", "ci_lower", "ci_upper", "p_value", "p_bh",
+                             "p_bonferroni", "favours", "status"]].reset_index(drop=True),
+        ]
+    else:
+        verdict_blocks.append("No estimator ranked two or more policies: no best-policy decision.")
+    verdict_blocks += [
         f"Each policy is judged by its preferred estimator that was not refused; target policies as the "
         f"paired difference against the logging policy {baseline} on the oracle scale, with "
         f"{1 - alpha:.0%} confidence intervals.",
         [f"[{r.status}] {r.verdict}" for r in verdicts.itertuples()],
-    ]))
+    ]
+    sections.append(Section("verdicts", "Verdict: best policy, every comparison, each policy", verdict_blocks))
 
     stage_blocks: list[Any] = []
     if prompt_filter_report:
@@ -150,8 +177,11 @@ def build_report(
         failed = transport[~transport["passed"].astype(bool)]
         tblocks += [
             "Transport audit: the calibrator's mean residual (oracle − calibrated judge) on each target policy's "
-            "oracle-labelled probe. It fails when the residual is both larger than the margin and significant; "
-            "a failing policy's calibrated estimates are refused.",
+            "oracle-labelled probe (Horvitz–Thompson weighted when the probe is stratified). It fails when the "
+            "residual is both larger than the margin and significant; a failing policy's level estimates then "
+            "report the probe-corrected value (transport_rule correct) or are refused (transport_rule refuse). "
+            "REFUSE-LEVEL: a level resting on the calibration is refused when 5% or more of the judge scores it "
+            "uses lie outside the judge range of the labelled slice.",
             transport,
             (f"Failed: {', '.join(failed['policy'])}." if len(failed) else "Every audited policy passed."),
         ]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from arena_cje.cje import CalibrationDiagnostics, CJEDataset
-from arena_cje.cje.data import _prompt_ids
+from arena_cje.cje.data import prompt_ids
 from arena_cje.cje.weights import hajek_weights
 
 
@@ -27,7 +27,7 @@ def logged_texts(logged: pd.DataFrame) -> pd.DataFrame:
         ValueError: when a prompt has more than one logged response (the text would be ambiguous).
     """
     out = pd.DataFrame({
-        "prompt_id": _prompt_ids(logged, "logged"),
+        "prompt_id": prompt_ids(logged, "logged"),
         "prompt": logged["prompt"].to_numpy(dtype=object) if "prompt" in logged else None,
         "response": logged["response"].to_numpy(dtype=object) if "response" in logged else None,
     })

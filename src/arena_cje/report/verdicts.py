@@ -89,3 +89,29 @@ def policy_verdicts(
         text = text.replace(", {q}", f" ({name}), {qualifier}") if "{q}" in text else f"{text} ({name}), {qualifier}"
         rows.append({"policy": policy, "estimator": name, "status": status, "verdict": text})
     return pd.DataFrame(rows, columns=["policy", "estimator", "status", "verdict"])
+
+
+def decision_estimator(decisions: pd.DataFrame, preference: Sequence[str] = VERDICT_PREFERENCE) -> str | None:
+    """The estimator whose best-policy decision the report states.
+
+    The first of ``preference`` with a decision and no failed gate; else the first with a decision
+    (its failed gate is then stated); None when no estimator ranked two policies.
+    """
+    if decisions is None or decisions.empty:
+        return None
+    ranked = decisions[decisions["best"].notna()].set_index("estimator")
+    candidates = [e for e in preference if e in ranked.index]
+    clean = [e for e in candidates if not bool(ranked.loc[e, "gate_failed"])]
+    return (clean or candidates or [None])[0]
+
+
+def decision_sentence(decisions: pd.DataFrame, estimator: str, alpha: float) -> str:
+    """"Best: pi_cot, runner-up pi_0: +0.046 [+0.009, +0.083] (p = 0.01); decision ready (stacked_dr)"."""
+    d = decisions.set_index("estimator").loc[estimator]
+    head = f"Best policy: {d['best']}, runner-up {d['runner_up']}"
+    if np.isfinite(float(d["difference"])):
+        head += (f": {d['best']} − {d['runner_up']} = {_fmt_ci(d['difference'], d['ci_lower'], d['ci_upper'], True)} "
+                 f"({1 - alpha:.0%} CI, p = {float(d['p_value']):.3g})")
+    ready = "DECISION READY" if bool(d["decision_ready"]) else "decision NOT ready"
+    beats = ("; it also beats every other policy" if bool(d["beats_all"]) else "")
+    return f"{head} ({estimator}). {ready}: {d['note'].split(': ', 1)[-1]}{beats}."

@@ -239,14 +239,15 @@ class SimulatedBackend:
         return float(self.true_quality_batch([prompt], [response])[0])
 
     def judge(self, prompt: str, response: str, judge: JudgeSpec) -> Judgement:
-        """Judge score on a 0.05 grid of [0, 1] (see ``judge_batch``)."""
+        """Judge score on a 0.05 grid of [0, 1], mapped to ``judge.scale`` (see ``judge_batch``)."""
         return self.judge_batch([prompt], [response], judge)[0]
 
     def judge_batch(self, prompts: list[str], responses: list[str], judge: JudgeSpec) -> list[Judgement]:
         """Deterministic, noisy, miscalibrated and length/misleading-biased judge scores.
 
         ``score = round_0.05(sigmoid(s_J + e) ** 0.7)`` with ``s_J`` from
-        ``world.judge_latent_from_stats`` and ``e = judge_noise_sd * Phi^-1(hash(prompt, response))``.
+        ``world.judge_latent_from_stats`` and ``e = judge_noise_sd * Phi^-1(hash(prompt, response))``,
+        reported on ``judge.scale = (lo, hi)`` as ``lo + (hi - lo) * score``.
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -255,8 +256,10 @@ class SimulatedBackend:
         st, difficulty, _ = self._stats(prompts, responses)  # the judge cannot see the hidden quality
         u = np.array([hash_unit(self.seed, "judge", p, r) for p, r in zip(prompts, responses, strict=True)])
         noise = self.judge_noise_sd * norm.ppf(u)
-        scores = judge_score_from_latent(judge_latent_from_stats(st, difficulty), noise)
-        return [Judgement(score=float(s), raw=json.dumps({"score": round(float(s), 2), "reason": "simulated judge"}),
+        lo, hi = judge.scale
+        # The same judgement on the judge's own scale (0-10, 1-5, ...): an affine map of the unit score.
+        scores = lo + (hi - lo) * judge_score_from_latent(judge_latent_from_stats(st, difficulty), noise)
+        return [Judgement(score=float(s), raw=json.dumps({"score": round(float(s), 4), "reason": "simulated judge"}),
                           error=None, usage={"prompt_tokens": 0.0})
                 for s in scores]
 

@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
+from arena_cje.cje.transport import with_inclusion_probs
 from arena_cje.report import plot_forest  # noqa: F401  (moved to arena_cje.report; kept importable here)
 
 ESTIMATE_COLUMNS = [
@@ -21,6 +23,7 @@ def estimate_policy_values(
     cje_fresh_draws: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
     cje_probe_slices: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
     estimation: dict[str, Any],
+    judge: dict[str, Any] | None = None,
 ):
     """Run every configured estimator on the CJE dataset.
 
@@ -29,6 +32,8 @@ def estimate_policy_values(
         cje_fresh_draws: Policy -> fresh draws (Kedro partitions, loaded lazily).
         cje_probe_slices: Policy -> oracle-labelled probe of its responses (may be empty).
         estimation: ``estimation`` parameters.
+        judge: ``judge`` parameters; ``judge.scale: [min, max]`` (default [0, 1]) is the scale the
+            judge scores are on; they are mapped to [0, 1] first (:mod:`arena_cje.cje.scale`).
 
     Returns:
         The :class:`arena_cje.cje.EstimationResult` (estimates, differences, diagnostics).
@@ -37,13 +42,11 @@ def estimate_policy_values(
         arena_cje.cje.CJEDataError: an input that cannot be used (file, line, field and why).
     """
     config = EstimationConfig.from_params(estimation)
-    data = CJEDataset.from_frames(
-        cje_logged_data,
-        fresh_draws=_load_partitions(cje_fresh_draws),
-        probes=_load_partitions(cje_probe_slices),
-        suspect_logprobs=config.suspect_logprobs,
-    )
-    return estimate_policies(data, config)
+    scale = judge_scale((judge or {}).get("scale"))
+    logged, fresh, probes = frames_to_unit_scale(
+        cje_logged_data, _load_partitions(cje_fresh_draws), _load_partitions(cje_probe_slices), scale)
+    data = CJEDataset.from_frames(logged, fresh_draws=fresh, probes=probes, suspect_logprobs=config.suspect_logprobs)
+    return estimate_policies(with_inclusion_probs(data, probes), config)
 
 
 def tabulate_estimates(estimation_result, policy_truth: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +59,11 @@ def tabulate_estimates(estimation_result, policy_truth: pd.DataFrame) -> pd.Data
 def tabulate_differences(estimation_result) -> pd.DataFrame:
     """Paired differences between policies on shared prompts."""
     return estimation_result.differences
+
+
+def tabulate_comparisons(estimation_result) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every pairwise comparison (raw, BH and Bonferroni p-values) and the best-policy decision per estimator."""
+    return estimation_result.comparisons, estimation_result.decisions
 
 
 def _load_partitions(partitions: Mapping[str, Any]) -> dict[str, pd.DataFrame]:

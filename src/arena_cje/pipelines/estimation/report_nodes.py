@@ -65,13 +65,16 @@ def write_report(
     prompt_filter_report: dict[str, Any] | None,
     labeling_summary: dict[str, Any] | None,
     label_budget: pd.DataFrame | None,
+    comparisons: pd.DataFrame | None = None,
+    policy_decisions: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """The run report as one self-contained HTML page and as Markdown."""
     html, markdown, _ = build_report(
         parameters=parameters, policy_estimates=policy_estimates, policy_differences=policy_differences,
         estimation_result=estimation_result, policy_truth=policy_truth, teacher_forcing_check=teacher_forcing_check,
         stage_summary=stage_summary_table, prompt_filter_report=prompt_filter_report,
-        labeling_summary=labeling_summary, label_budget=label_budget,
+        labeling_summary=labeling_summary, label_budget=label_budget, comparisons=comparisons,
+        decisions=policy_decisions,
     )
     plt.close("all")  # the report's figures are embedded; free them
     return html, markdown

@@ -17,7 +17,7 @@ JUDGE_COLUMNS = ["prompt_id", "policy", "draw_idx", "judge_score", "judge_rescor
 
 
 def judge_responses(prompts: pd.DataFrame, responses: pd.DataFrame, backend: dict[str, Any], judge: dict[str, Any]) -> pd.DataFrame:
-    """Score every successfully generated response with the judge (0-1).
+    """Score every successfully generated response with the judge (on `judge.scale`, default 0-1).
 
     Unparseable or refused judgements keep ``judge_score`` missing and carry the raw text.
     ``judge_rescore`` is a second judgement of a random subset (backends with

@@ -354,7 +354,8 @@ def assemble_cje_dataset(
         ``fresh_draws`` and ``probe_slices`` map each policy (saved as
         ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt,
         response, judge_score, draw_idx, oracle_label, logprob, n_tokens`` (``logprob``: the
-        response's log-prob under its own policy, for the target-typicality diagnostic).
+        response's log-prob under its own policy, for the target-typicality diagnostic); probe
+        slices also carry ``inclusion_prob`` (Horvitz-Thompson weights of stratified probes).
     """
     key = ["prompt_id", "policy", "draw_idx"]
     scored = (
@@ -397,9 +398,12 @@ def assemble_cje_dataset(
         )
         scored = scored[~orphan]
     fresh_draws = {policy: group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
-    probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][[*key, "oracle_label"]]
+    # Probes keep their inclusion probability (stratified probes: estimation weights them by 1/pi).
+    probe_cols = [*key, "oracle_label"] + (["inclusion_prob"] if "inclusion_prob" in oracle_labels.columns else [])
+    probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][probe_cols]
     probes = scored.drop(columns="oracle_label").merge(probe_labels, on=key, how="inner")
-    probe_slices = {policy: group[draw_columns].reset_index(drop=True) for policy, group in probes.groupby("policy")}
+    probe_columns = draw_columns + (["inclusion_prob"] if "inclusion_prob" in probes.columns else [])
+    probe_slices = {policy: group[probe_columns].reset_index(drop=True) for policy, group in probes.groupby("policy")}
     return logged_data, fresh_draws, probe_slices
 
 
