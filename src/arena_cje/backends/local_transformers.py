@@ -221,6 +221,11 @@ class TokenIdStore:
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(self._SCHEMA)
 
+    def close(self) -> None:
+        """Close the SQLite connection (the recorded ids stay on disk)."""
+        with self._lock:
+            self._conn.close()
+
     @staticmethod
     def _sha(text: str) -> str:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -356,6 +361,10 @@ class LocalTransformersBackend:
         if token_store == "auto":
             token_store = self.cache_dir / "response_tokens.sqlite"
         self.token_store = TokenIdStore(token_store)
+
+    def close(self) -> None:
+        """Close the token-id store (the model itself stays loaded for later backends)."""
+        self.token_store.close()
 
     # ---------------------------------------------------------------- tokenisation
 
