@@ -29,8 +29,8 @@ from arena_cje.backends.base import generate_batch, teacher_force_batch
 from arena_cje.backends.store import RequestStore
 from arena_cje.dry_run import format_plan, plan_run
 from arena_cje.experiment import (
-    MissingCredentialsError,
     BackendRegistry,
+    MissingCredentialsError,
     backend_config,
     judge_spec,
     policy_specs,
