@@ -29,9 +29,9 @@ from arena_cje.backends.base import generate_batch, teacher_force_batch
 from arena_cje.backends.store import RequestStore
 from arena_cje.dry_run import format_plan, plan_run
 from arena_cje.experiment import (
+    BackendRegistry,
     MissingCredentialsError,
     backend_config,
-    backend_from_params,
     judge_spec,
     policy_specs,
     resolve_backend_params,
@@ -89,7 +89,11 @@ def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[st
     if name == "openai_compatible":
         options["store_path"] = None
         options.setdefault("progress", False)
-    backend = backend_from_params({"name": name, name: options})
+    with BackendRegistry() as backends:  # closes the backend's connections when the check ends
+        return _check_backend(backends.get({"name": name, name: options}), params, n_samples)
+
+
+def _check_backend(backend: Any, params: Mapping[str, Any], n_samples: int) -> tuple[list[str], bool]:
     prompts = list(CHECK_PROMPTS[: max(1, n_samples)])
     lines, ok = [], True
     for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():

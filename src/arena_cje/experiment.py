@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import zlib
 from collections.abc import Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from arena_cje.backends import PATH_OPTIONS, Backend, JudgeSpec, PolicySpec, backend_class, check_options, make_backend
+
+logger = logging.getLogger(__name__)
 
 
 class MissingCredentialsError(ValueError):
@@ -110,19 +113,101 @@ def resolve_backend_params(
 
 
 def backend_from_params(backend: Mapping[str, Any]) -> Backend:
-    """Return the backend described by the ``backend`` parameter block (one instance per config).
+    """Return the backend described by the ``backend`` parameter block.
 
-    The instance is cached so the nodes of one run share it (a local model loads once).
+    Inside a run (an active :class:`BackendRegistry`, which :class:`arena_cje.hooks.BackendParamsHook`
+    opens for every Kedro run) the nodes share one instance per configuration (a local model loads
+    once) and the registry closes it when the run ends or fails. Outside one (a node called
+    directly, a notebook) every call builds a new instance that belongs to the caller.
     """
+    registry = active_registry()
+    if registry is not None:
+        return registry.get(backend)
+    return build_backend(backend)
+
+
+def build_backend(backend: Mapping[str, Any]) -> Backend:
+    """A new backend from the ``backend`` block (``credentials`` must already be resolved)."""
+    name, options = _backend_key(backend)
+    return make_backend(name, **options)
+
+
+def _backend_key(backend: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     name, options = backend_config(backend)
     options.pop("credentials", None)  # resolved into api_key by resolve_backend_params
-    return _cached_backend(json.dumps({"name": name, "options": options}, sort_keys=True))
+    return name, options
 
 
-@lru_cache(maxsize=4)
-def _cached_backend(key: str) -> Backend:
-    config = json.loads(key)
-    return make_backend(config["name"], **config["options"])
+class BackendRegistry:
+    """The live backends of one run: one instance per configuration, closed together.
+
+    ``close_all`` calls ``close()`` on every backend that has one (the HTTP session and request
+    record of ``openai_compatible``, the token-id store of ``local_transformers``). Used as a
+    context manager it is the active registry for the duration of the ``with`` block::
+
+        with BackendRegistry():
+            generate_responses(...)  # nodes share one backend, closed on leaving the block
+
+    Thread-safe: nodes of a threaded run building the same backend get the same instance.
+    """
+
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def get(self, backend: Mapping[str, Any]) -> Backend:
+        """The backend for this ``backend`` block, built on first use."""
+        name, options = _backend_key(backend)
+        key = json.dumps({"name": name, "options": options}, sort_keys=True, default=str)
+        with self._lock:
+            if key not in self._backends:
+                self._backends[key] = make_backend(name, **options)
+            return self._backends[key]
+
+    def activate(self) -> "BackendRegistry":
+        """Make this the registry that :func:`backend_from_params` uses (until :meth:`close_all`)."""
+        global _ACTIVE
+        _ACTIVE = self
+        return self
+
+    def close_all(self) -> None:
+        """Close every backend (each one even when another fails to close) and deactivate.
+
+        A backend that fails to close is logged with its error; closing never raises, so it
+        cannot hide the error of a failed run.
+        """
+        global _ACTIVE
+        with self._lock:
+            backends, self._backends = list(self._backends.values()), {}
+            if _ACTIVE is self:
+                _ACTIVE = None
+        for backend in backends:
+            close = getattr(backend, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - reported, and the other backends still close
+                logger.exception("Closing backend %r failed", backend)
+
+    def __enter__(self) -> "BackendRegistry":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_all()
+
+
+#: The registry of the run in progress (set by BackendRegistry.activate, cleared by close_all).
+#: A plain module variable rather than a ContextVar so that ThreadRunner's worker threads see it.
+_ACTIVE: BackendRegistry | None = None
+
+
+def active_registry() -> BackendRegistry | None:
+    """The registry of the run in progress, or ``None`` outside a run."""
+    return _ACTIVE
 
 
 def to_plain(value: Any) -> Any:

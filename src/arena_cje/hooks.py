@@ -10,7 +10,7 @@ from typing import Any
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
-from arena_cje.experiment import resolve_backend_params
+from arena_cje.experiment import BackendRegistry, resolve_backend_params
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,15 @@ class NodeTimingHook:
 
 
 class BackendParamsHook:
-    """Give nodes the ``backend`` block with paths against the project root and Kedro credentials.
+    """Give nodes the ``backend`` block resolved for the run, and the run's live backends.
 
-    Nodes stay pure functions of their parameters; this hook is where the run's context (project
-    folder, ``conf/*/credentials.yml``) enters, through
-    :func:`arena_cje.experiment.resolve_backend_params`.
+    * Parameters: nodes stay pure functions of their parameters; this hook is where the run's
+      context (project folder, ``conf/*/credentials.yml``) enters, through
+      :func:`arena_cje.experiment.resolve_backend_params`.
+    * Lifecycle: each run gets its own :class:`arena_cje.experiment.BackendRegistry`, so the nodes
+      of a run share one backend per configuration (``backend_from_params``), and every backend
+      is closed (HTTP session, SQLite stores) when the run ends or fails: no connection outlives
+      the run, and the next run (or the next ``KedroSession`` in the same process) opens its own.
     """
 
     INPUT = "params:backend"
@@ -65,6 +69,7 @@ class BackendParamsHook:
         self._project_path: Any = None
         self._env: str | None = None
         self._credentials: dict[str, Any] = {}
+        self._registry: BackendRegistry | None = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -75,14 +80,38 @@ class BackendParamsHook:
         except MissingConfigException:
             self._credentials = {}
 
-    @hook_impl
+    # trylast: the registry opens only after every other before_pipeline_run hook has passed.
+    # Kedro calls neither after_pipeline_run nor on_pipeline_error when one of them raises, so a
+    # registry opened earlier would stay active with nobody to close it.
+    @hook_impl(trylast=True)
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        """Fail before the first node when the chosen backend cannot be configured (no API key)."""
+        """Fail before the first node when the chosen backend cannot be configured (no API key).
+
+        Then open the run's backend registry (backends are built when a node first asks).
+        """
         if self.INPUT in pipeline.inputs():
             resolve_backend_params(catalog.load(self.INPUT), self._project_path, self._credentials, self._env)
+        self._close()  # a previous run of this session that ended without either end hook
+        self._registry = BackendRegistry().activate()
 
     @hook_impl
     def before_node_run(self, node: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
         if self.INPUT not in inputs:
             return None
         return {self.INPUT: resolve_backend_params(inputs[self.INPUT], self._project_path, self._credentials, self._env)}
+
+    # tryfirst: close before another end-of-run hook can raise and skip this one.
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self) -> None:
+        """Close the run's backends."""
+        self._close()
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self) -> None:
+        """Close the run's backends when the run fails (Kedro re-raises the error afterwards)."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._registry is not None:
+            registry, self._registry = self._registry, None
+            registry.close_all()

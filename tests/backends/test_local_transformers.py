@@ -177,13 +177,6 @@ def test_recorded_noncanonical_ids_are_scored_and_ambiguity_is_an_error():
     assert ambiguous.logprob is None and "ambiguous" in ambiguous.error
 
 
-def test_token_store_persists_across_instances(tmp_path):
-    path = tmp_path / "tokens.sqlite"
-    lt.TokenIdStore(path).add("m", "Hello", [1, 2], False)
-    assert lt.TokenIdStore(path).lookup("m", "Hello") == [((1, 2), False)]
-    assert lt.TokenIdStore(path).lookup("other-model", "Hello") == []
-
-
 def test_failures_are_recorded_not_defaulted(backend):
     cold = PolicySpec("pi_cold", temperature=0.0, system_prompt=SYSTEM)
     assert backend.teacher_force("Hi", "Hello", cold).logprob is None

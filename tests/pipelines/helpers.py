@@ -8,11 +8,14 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 
+from arena_cje.experiment import BackendRegistry
+
 
 def run_in_memory(pipeline: Pipeline, inputs: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
     """Run ``pipeline`` with ``inputs`` and ``parameters``; return every dataset it produced.
 
-    ``params:<key>`` entries are filled from the top-level parameter blocks.
+    ``params:<key>`` entries are filled from the top-level parameter blocks. As in a Kedro run,
+    the nodes share one backend per configuration, closed when the run ends.
     """
     catalog = DataCatalog()
     for name, value in inputs.items():
@@ -26,7 +29,8 @@ def run_in_memory(pipeline: Pipeline, inputs: dict[str, Any], parameters: dict[s
             catalog[name] = value
     for name in pipeline.all_outputs():
         catalog[name] = _KeptDataset()
-    SequentialRunner().run(pipeline, catalog)
+    with BackendRegistry():
+        SequentialRunner().run(pipeline, catalog)
     return {name: catalog[name].load() for name in pipeline.all_outputs()}
 
 

@@ -27,7 +27,7 @@ from arena_cje.backends.base import (
 BACKENDS: dict[str, str] = {
     "simulated": "arena_cje.backends.simulated:SimulatedBackend",
     "openai_compatible": "arena_cje.backends.openai_compatible:OpenAICompatibleBackend",
-    "local_transformers": "arena_cje.backends.local_transformers:LocalTransformersBackend",
+    "local_transformers": "arena_cje.backends.local.backend:LocalTransformersBackend",
 }
 
 
