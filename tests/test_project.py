@@ -73,6 +73,40 @@ def test_whole_project_run_in_a_temporary_copy(tmp_path):
     assert len(direct) == 4 and direct["truth"].notna().all()
     assert ((direct["ci_lower"] <= direct["truth"]) & (direct["truth"] <= direct["ci_upper"])).all(), direct
 
+    # The run's last lines: the report's place, the decision, a verdict per policy.
+    from kedro.io import DataCatalog
+    from kedro.pipeline import Pipeline
+
+    from arena_cje.hooks import RunSummaryHook
+    from arena_cje.report.verdicts import run_summary_lines
+
+    out = project / "data/07_model_output"
+    frames = {name: pd.read_csv(out / f"{name}.csv") for name in ("policy_estimates", "policy_differences", "policy_decisions")}
+    lines = run_summary_lines(*frames.values(), "pi_0", 0.05, "data/08_reporting/report.html")
+    assert lines[0] == "Report: data/08_reporting/report.html" and lines[1].startswith("Best policy: ")
+    assert [line.split()[0].rstrip(":") for line in lines[2:]] == sorted(frames["policy_estimates"]["policy"].unique())
+    catalog = DataCatalog()
+    for name, frame in {**frames, "params:logging_policy": "pi_0", "params:estimation": {"alpha": 0.05}}.items():
+        catalog[name] = frame
+    from kedro.pipeline import node
+
+    writes_report = Pipeline([node(lambda x: x, "policy_estimates", "report_html", name="report")])
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # Kedro's logging setup replaced the root handlers (no caplog)
+    hook_logger = logging.getLogger("arena_cje.hooks")
+    level = hook_logger.level
+    hook_logger.addHandler(handler)
+    hook_logger.setLevel(logging.INFO)
+    try:
+        RunSummaryHook().after_pipeline_run(writes_report, catalog)
+    finally:
+        hook_logger.removeHandler(handler)
+        hook_logger.setLevel(level)
+    assert [r.getMessage() for r in records] == lines[1:]
+
     # Estimation alone reruns from the saved primary data and gives the same numbers.
     (project / "data/07_model_output/policy_estimates.csv").unlink()
     with KedroSession.create(project_path=project, runtime_params=params) as session:

@@ -115,3 +115,26 @@ class BackendParamsHook:
         if self._registry is not None:
             registry, self._registry = self._registry, None
             registry.close_all()
+
+
+class RunSummaryHook:
+    """After a run that wrote the report: where it is, the decision and the verdict per policy."""
+
+    @hook_impl
+    def after_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        if "report_html" not in pipeline.all_outputs():
+            return
+        from arena_cje.report.verdicts import run_summary_lines
+
+        try:
+            describe = getattr(catalog.get("report_html"), "_describe", dict)()
+            lines = run_summary_lines(
+                catalog.load("policy_estimates"), catalog.load("policy_differences"), catalog.load("policy_decisions"),
+                str(catalog.load("params:logging_policy")), float(catalog.load("params:estimation").get("alpha", 0.05)),
+                str(describe.get("filepath")) if describe.get("filepath") else None,
+            )
+        except Exception as exc:  # noqa: BLE001 - a summary must never fail a finished run
+            logger.warning("Could not summarise the run: %s", exc)
+            return
+        for line in lines:
+            logger.info(line)

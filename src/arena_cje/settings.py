@@ -4,7 +4,7 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from arena_cje.hooks import NOISY_MODULES, BackendParamsHook, NodeTimingHook, QuietWarningsHook
+from arena_cje.hooks import NOISY_MODULES, BackendParamsHook, NodeTimingHook, QuietWarningsHook, RunSummaryHook
 
 # Third-party libraries emit deprecation notices on every command; they are not actionable for
 # users of this project, so they are hidden (our own code's warnings still show).
@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 # `kedro run --pipelines NAME` is the documented usage; the older `--pipeline` still works and
 # Kedro's own deprecation notice for it is left visible.
 
-HOOKS = (QuietWarningsHook(), NodeTimingHook(), BackendParamsHook())
+HOOKS = (QuietWarningsHook(), NodeTimingHook(), BackendParamsHook(), RunSummaryHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -115,3 +115,21 @@ def decision_sentence(decisions: pd.DataFrame, estimator: str, alpha: float) -> 
     ready = "DECISION READY" if bool(d["decision_ready"]) else "decision NOT ready"
     beats = ("; it also beats every other policy" if bool(d["beats_all"]) else "")
     return f"{head} ({estimator}). {ready}: {d['note'].split(': ', 1)[-1]}{beats}."
+
+
+def run_summary_lines(
+    estimates: pd.DataFrame,
+    differences: pd.DataFrame,
+    decisions: pd.DataFrame | None,
+    baseline: str,
+    alpha: float,
+    report_path: str | None,
+) -> list[str]:
+    """What a finished ``kedro run`` says last: where the report is, the decision, one verdict per policy."""
+    lines = [f"Report: {report_path}"] if report_path else []
+    estimator = decision_estimator(decisions) if decisions is not None else None
+    if estimator is not None:
+        lines.append(decision_sentence(decisions, estimator, alpha))
+    verdicts = policy_verdicts(estimates, differences, baseline)
+    lines.extend(f"  {v}" for v in verdicts["verdict"])
+    return lines
