@@ -145,11 +145,12 @@ def test_the_provenance_hook_gives_each_run_its_own_identity():
     seen = []
     for run_id in ("2026-01-01T00.00.00.000Z", "2026-01-01T00.00.01.000Z"):
         catalog = DataCatalog()
-        hook.before_pipeline_run({"run_id": run_id, "env": "local", "tags": None, "pipeline_names": None}, records,
-                                 catalog)
+        hook.before_pipeline_run({"run_id": run_id, "env": "local", "kedro_version": "1.7.0", "tags": (),
+                                  "node_names": ["record"], "pipeline_names": None}, records, catalog)
         seen.append(catalog.load("kedro_run"))
         untouched = DataCatalog()
         hook.before_pipeline_run({"run_id": run_id}, other, untouched)
         assert "kedro_run" not in untouched  # only runs that record provenance get it
-    assert seen == [{"run_id": "2026-01-01T00.00.00.000Z", "env": "local"},
-                    {"run_id": "2026-01-01T00.00.01.000Z", "env": "local"}]
+    common = {"env": "local", "kedro_version": "1.7.0", "pipeline_names": None, "runtime_params": None,
+              "node_names": ["record"]}  # an empty filter (tags) is left out
+    assert seen == [{"run_id": "2026-01-01T00.00.00.000Z", **common}, {"run_id": "2026-01-01T00.00.01.000Z", **common}]
