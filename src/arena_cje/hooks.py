@@ -11,6 +11,7 @@ from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from arena_cje.experiment import BackendRegistry, resolve_backend_params
+from arena_cje.provenance import run_identity
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,22 @@ class BackendParamsHook:
             registry.close_all()
 
 
+class RunProvenanceHook:
+    """Give the run's identity to the nodes that record provenance (their ``kedro_run`` input).
+
+    Stateless: the identity (``run_id`` = the session id, env, pipelines, runtime parameters; see
+    :func:`arena_cje.provenance.run_identity`) goes into this run's catalog, so nothing carries
+    over to the next run or session in the same process.
+    """
+
+    INPUT = "kedro_run"
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if self.INPUT in pipeline.inputs():
+            catalog[self.INPUT] = run_identity(run_params)
+
+
 class RunSummaryHook:
     """After a run that wrote the report: where it is, the decision and the verdict per policy."""
 
@@ -130,7 +147,7 @@ class RunSummaryHook:
             describe = getattr(catalog.get("report_html"), "_describe", dict)()
             lines = run_summary_lines(
                 catalog.load("policy_estimates"), catalog.load("policy_differences"), catalog.load("policy_decisions"),
-                str(catalog.load("params:logging_policy")), float(catalog.load("params:estimation").get("alpha", 0.05)),
+                str(catalog.load("params:logging_policy")), catalog.load("estimation_result").config.alpha,
                 str(describe.get("filepath")) if describe.get("filepath") else None,
             )
         except Exception as exc:  # noqa: BLE001 - a summary must never fail a finished run

@@ -4,7 +4,14 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from arena_cje.hooks import NOISY_MODULES, BackendParamsHook, NodeTimingHook, QuietWarningsHook, RunSummaryHook
+from arena_cje.hooks import (
+    NOISY_MODULES,
+    BackendParamsHook,
+    NodeTimingHook,
+    QuietWarningsHook,
+    RunProvenanceHook,
+    RunSummaryHook,
+)
 
 # Third-party libraries emit deprecation notices on every command; they are not actionable for
 # users of this project, so they are hidden (our own code's warnings still show).
@@ -16,7 +23,7 @@ warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 # `kedro run --pipelines NAME` is the documented usage; the older `--pipeline` still works and
 # Kedro's own deprecation notice for it is left visible.
 
-HOOKS = (QuietWarningsHook(), NodeTimingHook(), BackendParamsHook(), RunSummaryHook())
+HOOKS = (QuietWarningsHook(), NodeTimingHook(), BackendParamsHook(), RunProvenanceHook(), RunSummaryHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -138,12 +138,12 @@ def test_import_reads_a_label_studio_export_and_fails_on_mostly_bad_files(parame
 def test_catalog_keeps_worker_ids_as_text(tmp_path, name):
     """Label Studio's annotator ids are numbers ("4"); a CSV round trip between nodes must not turn
     them into ints (a failed join of dropped ids) nor strip leading zeros ("007")."""
-    import yaml
     from kedro_datasets.pandas import CSVDataset
 
-    from ..conftest import PROJECT_ROOT
+    from ..test_project import catalog_config, resolve_datasets
 
-    entry = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())[name]
+    entry, _ = resolve_datasets([name], catalog_config())[name]  # an explicit entry or a dataset factory's
+    assert entry["type"] == "pandas.CSVDataset"
     dataset = CSVDataset(filepath=str(tmp_path / "f.csv"), load_args=entry.get("load_args"))
     dataset.save(pd.DataFrame({"task_id": ["t1", "t2"], "worker_id": ["007", "4"], "rating": [3.0, 4.0]}))
     assert dataset.load()["worker_id"].tolist() == ["007", "4"]

@@ -24,7 +24,7 @@ from arena_cje.report import (
 
 from ..cje.cje_synthetic import simulate, true_value
 
-PARAMS = {"logging_policy": "pi_0", "estimation": {"estimators": ["naive", "snips", "direct"], "alpha": 0.05}}
+CONFIGURATION = {"logging_policy": "pi_0", "judge": {"scale": [0, 1]}}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_figures_draw_the_data(run):
     result, estimates, _ = run
     cal = plot_calibration(result.calibration)
     assert len(cal.axes) == 2 and cal.axes[0].collections[0].get_offsets().shape[0] == result.calibration.n_labelled
-    w = plot_weight_diagnostics(result.weights)
+    w = plot_weight_diagnostics(result.weights, result.config.gates.hill_warn)
     assert len(w.axes) == 3 and len(w.axes[1].patches) == 2 * len(result.weights)
     f = plot_forest(estimates)
     assert len(f.axes[0].get_yticks()) == int(estimates["estimate"].notna().sum())
@@ -119,7 +119,7 @@ def test_weight_plot_draws_unit_and_missing_tails_without_numeric_warnings(run):
                "few": dataclasses.replace(base, policy="few", hill_alpha=float("nan"), ess_simcal=float("nan"))}
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        fig = plot_weight_diagnostics(weights)
+        fig = plot_weight_diagnostics(weights, result.config.gates.hill_warn)
         fig.canvas.draw()
     labels = [t.get_text() for t in fig.axes[2].texts]
     assert labels == ["∞ (no tail)", "n/a"]
@@ -169,11 +169,11 @@ def check_report_html(html: str) -> dict:
 def test_report_has_every_section_with_content(run):
     result, estimates, truth = run
     html, md, sections = build_report(
-        parameters=PARAMS, policy_estimates=estimates, policy_differences=result.differences,
+        configuration=CONFIGURATION, baseline="pi_0", policy_estimates=estimates, policy_differences=result.differences,
         estimation_result=result, policy_truth=truth, teacher_forcing_check={"passed": True, "n_compared": 10},
         stage_summary=None, prompt_filter_report={"source": "arena_local", "input_rows": 18, "eligible": 7,
                                                   "steps": [{"name": "language", "rule": "r", "removed": 2, "remaining": 7}]},
-        labeling_summary=None,
+        labeling_summary=None, label_budget=budget(result, estimates),
     )
     content = check_report_html(html)
     for sid in ("estimates", "calibration", "weights", "differences"):
@@ -186,21 +186,51 @@ def test_report_has_every_section_with_content(run):
     plt.close("all")
 
 
+def budget(result, estimates):
+    """The planner table for each policy's speaking estimator at the result's own alpha."""
+    from arena_cje.report.build import plan_label_budget_for_verdicts
+
+    verdicts = policy_verdicts(estimates, result.differences, "pi_0", result.transport_table)
+    return plan_label_budget_for_verdicts(result.estimates, verdicts, (0.03, 0.02, 0.01), result.config.alpha)
+
+
+def test_report_states_the_level_the_estimates_were_made_at(run):
+    """alpha comes from the result's own configuration (nothing restated): a 90% run says 90%."""
+    import dataclasses
+
+    result, estimates, truth = run
+    d = simulate(n=600, oracle_fraction=0.3, seed=5, probe_size=40, fresh_labels_for_logging=True)
+    at_90 = estimate_policies(CJEDataset.from_frames(d.logged, fresh_draws=d.fresh, probes=d.probes),
+                              EstimationConfig.from_params({"estimators": ["naive", "direct"], "alpha": 0.1}))
+    assert at_90.config.alpha == 0.1
+    _, md, sections = build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=at_90.estimates,
+                                   policy_differences=at_90.differences, estimation_result=at_90)
+    verdict_text = " ".join(b for b in next(s for s in sections if s.id == "verdicts").blocks if isinstance(b, str))
+    assert "90% CI" in verdict_text and "95%" not in verdict_text
+    config_tables = [b for b in next(s for s in sections if s.id == "configuration").blocks if isinstance(b, pd.DataFrame)]
+    applied = config_tables[1].set_index("parameter")["value"]
+    assert applied["estimation.alpha"] == "0.1" and applied["estimation.gates.hill_warn"] == "2.0"
+    with pytest.raises(ValueError, match="carries no EstimationConfig"):
+        build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=estimates,
+                     policy_differences=result.differences, estimation_result=dataclasses.replace(result, config=None))
+    plt.close("all")
+
+
 def test_budget_for_no_speaking_estimator_keeps_its_columns():
     import pandas as pd
 
     from arena_cje.report.build import plan_label_budget_for_verdicts
 
     verdicts = pd.DataFrame({"policy": [], "estimator": []})
-    plan = plan_label_budget_for_verdicts(None, verdicts, {})
+    plan = plan_label_budget_for_verdicts(None, verdicts, (0.03, 0.01), 0.05)
     assert len(plan) == 0 and len(plan.columns) > 0  # an empty CSV with a header, readable again
 
 
 def test_verdict_section_states_best_policy_runner_up_and_readiness(run):
     result, estimates, truth = run
     # pi_worse's rows are refused (its calibration does not transport): a gate failed, so no decision.
-    _, _, sections = build_report(parameters=PARAMS, policy_estimates=estimates, policy_differences=result.differences,
-                                  estimation_result=result, policy_truth=truth)
+    _, _, sections = build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=estimates,
+                                  policy_differences=result.differences, estimation_result=result, policy_truth=truth)
     blocks = next(s for s in sections if s.id == "verdicts").blocks
     assert blocks[0].startswith("Best policy: pi_better, runner-up ")
     assert "decision NOT ready" in blocks[0] and "refused rows: pi_worse" in blocks[0]
@@ -214,7 +244,7 @@ def test_verdict_section_states_best_policy_runner_up_and_readiness(run):
     t = {p: true_value(p) for p in ("pi_0", "pi_hot", "pi_better", "pi_worse")}
     second = sorted(t, key=t.get)[-2]
     assert t["pi_better"] - t[second] > 0.05
-    _, _, sections = build_report(parameters=PARAMS, policy_estimates=clean.estimates,
+    _, _, sections = build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=clean.estimates,
                                   policy_differences=clean.differences, estimation_result=clean)
     sentence = next(s for s in sections if s.id == "verdicts").blocks[0]
     assert sentence.startswith("Best policy: pi_better, runner-up ") and "DECISION READY" in sentence, sentence

@@ -35,3 +35,12 @@ def test_default_kedro_run_writes_the_report(tmp_path):
     assert (direct["p_bonferroni"] >= direct["p_value"]).all()
     assert set(decisions["estimator"]) >= {"direct", "stacked_dr"}
     assert "Best policy: " in content["verdicts"]["text"]
+    # results.json: the same tables, with what fed them (every policy's fresh draws and probe, hashed).
+    import json
+
+    results = json.loads((project / "data" / "07_model_output" / "results.json").read_text())
+    policies = {"pi_0", "pi_hot", "pi_cot", "pi_concise"}
+    assert set(results["inputs"]["cje_fresh_draws"]) == policies
+    assert set(results["inputs"]["cje_probe_slices"]) == policies - {"pi_0"}
+    assert len(results["comparisons"]) == len(comparisons)
+    assert results["run"]["run_id"] and results["run"]["pipeline_names"] is None  # the default pipeline

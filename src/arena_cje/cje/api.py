@@ -86,6 +86,7 @@ class EstimationResult:
         decisions: Per estimator: best policy, runner-up, their difference and whether the
             decision is ready (``comparisons.DECISION_COLUMNS``).
         outputs: Raw estimator outputs (influence contributions), keyed by (policy, estimator).
+        config: The settings that produced this result (readers take alpha, gates, ... from here).
     """
 
     estimates: pd.DataFrame
@@ -96,6 +97,7 @@ class EstimationResult:
     comparisons: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COMPARISON_COLUMNS))
     decisions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
     outputs: dict[tuple[str, str], EstimatorOutput] = field(default_factory=dict, repr=False)
+    config: EstimationConfig | None = None
 
     @property
     def weights_table(self) -> pd.DataFrame:
@@ -337,6 +339,7 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
         comparisons=compared.table,
         decisions=compared.decisions,
         outputs=dict(ctx.outputs),
+        config=config,
     )
 
 

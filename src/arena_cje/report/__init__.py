@@ -1,6 +1,6 @@
 """The run report: figures, plain-language verdicts, label-budget planner, HTML + Markdown.
 
-No Kedro here: ``arena_cje.pipelines.estimation`` wires these functions into nodes.
+No Kedro here: ``arena_cje.pipelines.reporting`` wires these functions into nodes.
 """
 
 from .budget import BUDGET_COLUMNS, COMPARISON_COLUMNS, compare_half_widths, plan_label_budget, predicted_half_width

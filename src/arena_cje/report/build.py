@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
+
+from arena_cje.cje.config import EstimationConfig
 
 from .budget import plan_label_budget
 from .document import Figure, Section, render_html, render_markdown
@@ -21,25 +24,41 @@ SECTION_IDS = (
 
 
 def plan_label_budget_for_verdicts(
-    estimates: pd.DataFrame | None, verdicts: pd.DataFrame, parameters: Mapping[str, Any]
+    estimates: pd.DataFrame | None, verdicts: pd.DataFrame, target_half_widths: Sequence[float], alpha: float
 ) -> pd.DataFrame:
     """The planner (:func:`plan_label_budget`) for each policy's speaking estimator only.
 
-    Targets come from ``parameters["report"]["target_half_widths"]`` (default 0.03, 0.02, 0.01).
+    Args:
+        estimates: ``EstimationResult.estimates`` (with ``var_if``, ``var_oua``).
+        verdicts: :func:`policy_verdicts` (which estimator speaks for each policy).
+        target_half_widths: CI half-widths to plan for (``report.target_half_widths``).
+        alpha: The level the intervals were computed at (``EstimationResult.config.alpha``).
     """
-    report = parameters.get("report", {}) or {}
-    targets = tuple(report.get("target_half_widths", (0.03, 0.02, 0.01)))
-    alpha = float((parameters.get("estimation", {}) or {}).get("alpha", 0.05))
-    plan = plan_label_budget(estimates, targets, alpha=alpha)
+    plan = plan_label_budget(estimates, tuple(target_half_widths), alpha=alpha)
     speaking = set(zip(verdicts["policy"], verdicts["estimator"], strict=True))
     keep = pd.Series([(p, e) in speaking for p, e in zip(plan["policy"], plan["estimator"], strict=True)],
                      index=plan.index, dtype=bool)  # a Series: an empty list would select columns
     return plan.loc[keep].reset_index(drop=True)
 
 
+def estimation_config(estimation_result: Any) -> EstimationConfig:
+    """The settings that produced ``estimation_result`` (the report restates none of them).
+
+    Raises:
+        ValueError: the result does not carry them (a pickle written before results did): re-run
+            ``kedro run --pipelines estimation``.
+    """
+    config = getattr(estimation_result, "config", None)
+    if not isinstance(config, EstimationConfig):
+        raise ValueError("estimation_result carries no EstimationConfig (written by an older version): "
+                         "re-run `kedro run --pipelines estimation` before rendering the report")
+    return config
+
+
 def build_report(
     *,
-    parameters: Mapping[str, Any],
+    configuration: Mapping[str, Any],
+    baseline: str,
     policy_estimates: pd.DataFrame,
     policy_differences: pd.DataFrame,
     estimation_result: Any,
@@ -55,9 +74,12 @@ def build_report(
 ) -> tuple[str, str, list[Section]]:
     """Build the report.
 
+    The CI level and the Hill tail line come from the settings the estimates were made with
+    (``estimation_result.config``), never from defaults restated here.
+
     Args:
-        parameters: All run parameters (the configuration table; ``logging_policy`` names the
-            baseline, ``estimation.alpha`` the CI level, ``estimation.gates.hill_warn`` the tail line).
+        configuration: The run's parameter blocks, shown as the configuration table.
+        baseline: The logging policy (``logging_policy``): differences and verdicts are against it.
         policy_estimates: One row per (policy, estimator) with ``truth`` where known.
         policy_differences: Paired differences (``policy - baseline`` per row).
         estimation_result: :class:`arena_cje.cje.EstimationResult` (calibration, weights, transport).
@@ -66,7 +88,7 @@ def build_report(
         stage_summary: Per stage and policy counts, failures, cost (:func:`tables.stage_summary`).
         prompt_filter_report: What the prompt filters removed.
         labeling_summary: Labels collected vs needed, agreement, QC, cost (optional).
-        label_budget: Planner table; computed here from ``estimation_result`` if omitted.
+        label_budget: Planner table (:func:`plan_label_budget_for_verdicts`), if one was planned.
         comparisons: Every pairwise comparison (``EstimationResult.comparisons``); taken from
             ``estimation_result`` if omitted.
         decisions: Best policy / runner-up per estimator (``EstimationResult.decisions``); taken
@@ -75,12 +97,12 @@ def build_report(
 
     Returns:
         ``(html, markdown, sections)``.
+
+    Raises:
+        ValueError: ``estimation_result`` carries no configuration (:func:`estimation_config`).
     """
-    baseline = str(parameters.get("logging_policy", "pi_0"))
-    est_params = parameters.get("estimation", {}) or {}
-    alpha = float(est_params.get("alpha", 0.05))
-    hill_warn = float((est_params.get("gates") or {}).get("hill_warn", 2.0))
-    result_estimates = getattr(estimation_result, "estimates", None)
+    config = estimation_config(estimation_result)
+    alpha, hill_warn = config.alpha, config.gates.hill_warn
     transport = getattr(estimation_result, "transport_table", pd.DataFrame())
     calibration = getattr(estimation_result, "calibration", None)
     weights = getattr(estimation_result, "weights", {}) or {}
@@ -191,12 +213,11 @@ def build_report(
                 else ["Gates: every estimate passed."])
     sections.append(Section("transport", "Transport audit and gates", tblocks))
 
-    if label_budget is None:
-        label_budget = plan_label_budget_for_verdicts(result_estimates, verdicts, parameters)
     sections.append(Section("budget", "Label-budget planner", [
         "Oracle labels needed for a target CI half-width, assuming the calibration (OUA) variance shrinks "
         "like 1/labels while the prompt-sampling variance stays (see arena_cje.report.budget).",
-        label_budget if len(label_budget) else "No calibrated estimate to plan for.",
+        ("No label budget was planned for this run." if label_budget is None
+         else label_budget if len(label_budget) else "No calibrated estimate to plan for."),
     ]))
 
     if teacher_forcing_check:
@@ -214,7 +235,11 @@ def build_report(
         sections.append(Section("labeling", "Human labeling (optional)",
                                 ["Optional section: no labeling summary was produced for this run."]))
 
-    sections.append(Section("configuration", "Configuration", [flatten_parameters(parameters)]))
+    sections.append(Section("configuration", "Configuration", [
+        "Parameters of the run:", flatten_parameters(configuration),
+        "Estimation settings the estimates were made with (defaults filled in):",
+        flatten_parameters({"estimation": asdict(config)}),
+    ]))
 
     if policy_truth is not None and len(policy_truth) and "truth" in policy_truth:
         next(s for s in sections if s.id == "estimates").blocks.insert(1, "True policy values are known (simulated backend): "

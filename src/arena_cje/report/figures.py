@@ -144,7 +144,7 @@ def plot_calibration(calibration: Any) -> plt.Figure:
     return fig
 
 
-def plot_weight_diagnostics(weights: Mapping[str, Any], hill_warn: float = 2.0) -> plt.Figure:
+def plot_weight_diagnostics(weights: Mapping[str, Any], hill_warn: float) -> plt.Figure:
     """Importance-weight diagnostics per target policy.
 
     Panels: histogram of the raw log-ratios log w = log pi'(y|x) - log pi_0(y|x); ESS fraction

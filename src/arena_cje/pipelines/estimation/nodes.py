@@ -1,4 +1,5 @@
-"""Estimation: thin adapters over :mod:`arena_cje.cje` plus tables for people (plots: ``report_nodes``)."""
+"""Estimation: thin adapters over :mod:`arena_cje.cje`, tables for people and the results file
+(plots and the report: the ``reporting`` pipeline)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
 from arena_cje.cje.transport import with_inclusion_probs
-from arena_cje.report import plot_forest  # noqa: F401  (moved to arena_cje.report; kept importable here)
+from arena_cje.provenance import data_fingerprint, partitions_fingerprint, results_record
 
 ESTIMATE_COLUMNS = [
     "policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
@@ -64,6 +65,39 @@ def tabulate_differences(estimation_result) -> pd.DataFrame:
 def tabulate_comparisons(estimation_result) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every pairwise comparison (raw, BH and Bonferroni p-values) and the best-policy decision per estimator."""
     return estimation_result.comparisons, estimation_result.decisions
+
+
+def record_results(
+    estimation_result,
+    policy_estimates: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    policy_decisions: pd.DataFrame,
+    cje_logged_data: pd.DataFrame,
+    cje_fresh_draws: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
+    cje_probe_slices: Mapping[str, Callable[[], pd.DataFrame] | pd.DataFrame],
+    estimation: dict[str, Any],
+    judge: dict[str, Any],
+    kedro_run: dict[str, Any],
+) -> dict[str, Any]:
+    """The results as one JSON document with their provenance (``results.json``).
+
+    Holds the estimates, paired differences, comparisons and decisions, the settings that made
+    them (``estimation_result.config`` and the ``estimation`` and ``judge`` blocks as configured),
+    package versions, a SHA-256 of each input as loaded (logged data, fresh draws and probe
+    slices per policy: the oracle labels are in the logged rows and the probes) and the Kedro
+    run (``kedro_run``, given by :class:`arena_cje.hooks.RunProvenanceHook`; ``run_id`` is the
+    session id).
+    """
+    return results_record(
+        tables={"estimates": policy_estimates, "differences": estimation_result.differences,
+                "comparisons": comparisons, "decisions": policy_decisions},
+        config=estimation_result.config,
+        parameters={"estimation": estimation, "judge": judge},
+        inputs={"cje_logged_data": data_fingerprint(cje_logged_data),
+                "cje_fresh_draws": partitions_fingerprint(cje_fresh_draws or {}),
+                "cje_probe_slices": partitions_fingerprint(cje_probe_slices or {})},
+        run=kedro_run,
+    )
 
 
 def _load_partitions(partitions: Mapping[str, Any]) -> dict[str, pd.DataFrame]:

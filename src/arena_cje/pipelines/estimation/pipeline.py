@@ -1,18 +1,12 @@
-"""``estimation``: calibrate, estimate, tabulate and plot."""
+"""``estimation``: calibrate, estimate, tabulate, and record the results with their provenance.
+
+Nodes are in the ``estimation`` namespace; datasets and parameters keep their names. Plots and
+the report are the ``reporting`` pipeline, which reads what this one persisted.
+"""
 
 from kedro.pipeline import Node, Pipeline
 
-from arena_cje.report import plot_forest
-
-from .nodes import estimate_policy_values, tabulate_comparisons, tabulate_differences, tabulate_estimates
-from .report_nodes import (
-    plan_label_budget_node,
-    plot_calibration_node,
-    plot_differences_node,
-    plot_weights_node,
-    summarise_stages,
-    write_report,
-)
+from .nodes import estimate_policy_values, record_results, tabulate_comparisons, tabulate_differences, tabulate_estimates
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -28,24 +22,15 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(tabulate_differences, "estimation_result", "policy_differences", name="tabulate_differences"),
             Node(tabulate_comparisons, "estimation_result", ["comparisons", "policy_decisions"],
                  name="tabulate_comparisons"),
-            Node(plot_forest, "policy_estimates", "forest_plot", name="plot_forest"),
-            # --- report (arena_cje.report) ---
-            Node(plot_calibration_node, "estimation_result", "calibration_plot", name="plot_calibration"),
-            Node(plot_weights_node, ["estimation_result", "params:estimation"], "weight_diagnostics_plot",
-                 name="plot_weight_diagnostics"),
-            Node(plot_differences_node, ["policy_differences", "params:logging_policy"], "differences_plot",
-                 name="plot_differences"),
-            Node(summarise_stages, ["responses", "logprobs", "judge_scores", "labeling_summary"], "stage_summary",
-                 name="summarise_stages"),
-            Node(plan_label_budget_node, ["estimation_result", "policy_estimates", "policy_differences", "parameters"],
-                 "label_budget", name="plan_label_budget"),
+            # `kedro_run` (the run's id and parameters) is put in the catalog by RunProvenanceHook.
             Node(
-                write_report,
-                ["parameters", "policy_estimates", "policy_differences", "estimation_result", "policy_truth",
-                 "teacher_forcing_check", "stage_summary", "prompt_filter_report", "labeling_summary", "label_budget",
-                 "comparisons", "policy_decisions"],
-                ["report_html", "report_markdown"],
-                name="write_report",
+                record_results,
+                ["estimation_result", "policy_estimates", "comparisons", "policy_decisions", "cje_logged_data",
+                 "cje_fresh_draws", "cje_probe_slices", "params:estimation", "params:judge", "kedro_run"],
+                "results_json",
+                name="record_results",
             ),
-        ]
+        ],
+        namespace="estimation",
+        prefix_datasets_with_namespace=False,
     )

@@ -1,4 +1,4 @@
-"""``judging``: LLM-judge scores of every response."""
+"""``judging``: LLM-judge scores of every response (namespace ``judging``; tag ``api``: it calls the judge)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -13,6 +13,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["prompts", "responses", "params:backend", "params:judge"],
                 "judge_scores",
                 name="judge_responses",
+                tags=["api"],
             )
-        ]
+        ],
+        namespace="judging",
+        prefix_datasets_with_namespace=False,
     )

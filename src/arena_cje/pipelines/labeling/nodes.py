@@ -165,7 +165,7 @@ def collect_ratings(
         raise RuntimeError(
             "This backend has no simulated raters. Send data/03_primary/labeling/label_tasks.csv (Surge), "
             "label_tasks_generic.csv or label_studio_tasks.json to your labeling platform, save its results as "
-            "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipelines labeling_import,estimation` "
+            "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipelines labeling_import,estimation,reporting` "
             "(or set labeling.oracle: llm to let an LLM oracle answer)."
         )
     else:

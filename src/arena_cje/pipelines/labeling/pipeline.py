@@ -3,7 +3,9 @@ aggregate, summarise, assemble.
 
 Registered three ways: ``labeling`` (all of it; with the simulated backend the simulated crowd
 answers), ``labeling_export`` (stop after the task files) and ``labeling_import`` (start from a
-platform's result file in ``data/01_raw/labels/``).
+platform's result file in ``data/01_raw/labels/``). Every node is in the ``labeling`` namespace
+(``labeling.import_ratings``); datasets and parameters keep their names. ``collect_ratings`` is
+tagged ``api``: with ``labeling.oracle: llm`` it sends the tasks to an LLM oracle.
 """
 
 from kedro.pipeline import Node, Pipeline
@@ -19,6 +21,8 @@ from .nodes import (
     select_label_items,
     summarise_labeling,
 )
+
+NAMESPACE = "labeling"
 
 EXPORT_OUTPUTS = [
     "label_tasks",
@@ -46,7 +50,9 @@ def create_export_pipeline() -> Pipeline:
                 {name: name for name in EXPORT_OUTPUTS},
                 name="export_label_tasks",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )
 
 
@@ -58,8 +64,11 @@ def create_collect_pipeline() -> Pipeline:
                 ["label_tasks", "label_task_mapping", "params:backend", "params:labeling"],
                 "crowd_ratings",
                 name="collect_ratings",
+                tags=["api"],
             )
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )
 
 
@@ -97,7 +106,9 @@ def create_import_pipeline() -> Pipeline:
                 ["cje_logged_data", "cje_fresh_draws", "cje_probe_slices"],
                 name="assemble_cje_dataset",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )
 
 
