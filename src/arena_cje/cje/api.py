@@ -44,7 +44,8 @@ from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibratio
 from arena_cje.cje.comparisons import COMPARISON_COLUMNS, DECISION_COLUMNS, compare_policies, t_test_p_value
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
-from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
+from arena_cje.cje.context import EstimationContext
+from arena_cje.cje.estimators import EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
 from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
@@ -178,7 +179,7 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     if name in ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr"):
         f = ctx.fresh(est.policy)
         if f is not None:
-            ov = judge_overlap(ctx.logged["judge_score"].to_numpy(dtype=float), f["judge"])
+            ov = judge_overlap(ctx.judge, f.judge)
             if ov < g.overlap_warn:
                 out.warned = True
                 out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
@@ -223,7 +224,7 @@ def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float
     parts = []
     f = ctx.fresh(policy)
     if name in LEVEL_ESTIMATORS and f is not None:
-        parts.append((out_of_range_share(f["judge"], lo, hi), "fresh-draw"))
+        parts.append((out_of_range_share(f.judge, lo, hi), "fresh-draw"))
     if name in ("snips", "calibrated_ips") or (name in LEVEL_ESTIMATORS and f is None):
         parts.append((out_of_range_share(ctx.logged["judge_score"].to_numpy(dtype=float), lo, hi), "logged"))
     return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
