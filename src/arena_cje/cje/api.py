@@ -53,6 +53,8 @@ from arena_cje.cje.inference import t_interval
 from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
+#: The leading columns of ``EstimationResult.estimates`` (followed by var_if, var_oua, df and
+#: ``transport.TRANSPORT_COLUMNS``); the pipeline's table for people adds the true value to them.
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
                     "status", "reasons", "ess_fraction"]
 DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "df",
@@ -148,6 +150,11 @@ class RowStatus:
         return "refused" if self.refused else ("warning" if self.warned or self.reasons else "ok")
 
 
+def _row_ess(d: WeightDiagnostics, name: str) -> float:
+    """ESS fraction of the weights estimator ``name`` uses: raw for snips, SIMCal for the others."""
+    return d.ess_raw if name == "snips" else d.ess_simcal
+
+
 def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportAudit | None) -> RowStatus:
     """Combine the estimator's own flags with the diagnostic gates and the transport audit."""
     out = RowStatus(est.refused, est.warned, list(est.reasons))
@@ -168,7 +175,7 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     pw = ctx.weights(est.policy) if est.uses_weights else None
     if pw is not None:
         d = pw.diagnostics
-        ess = d.ess_raw if name == "snips" else d.ess_simcal
+        ess = _row_ess(d, name)
         label = "raw" if name == "snips" else "SIMCal"
         if name in ("snips", "calibrated_ips") and ess < g.ess_refuse:
             out.refused = True
@@ -179,7 +186,7 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
         if name == "snips" and np.isfinite(d.hill_alpha) and d.hill_alpha < g.hill_warn:
             out.warned = True
             out.reasons.append(f"heavy-tailed weights: Hill index {d.hill_alpha:.2f} < {g.hill_warn}")
-    if name in ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr"):
+    if name in LEVEL_ESTIMATORS:
         f = ctx.fresh(est.policy)
         if f is not None:
             ov = judge_overlap(ctx.judge, f.judge)
@@ -370,8 +377,7 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 se = lo = hi = v_if = v_oua = df = float("nan")
             ess = float("nan")
             if out.uses_weights and ctx.weights(policy) is not None:
-                d = ctx.weights(policy).diagnostics
-                ess = d.ess_raw if name == "snips" else d.ess_simcal
+                ess = _row_ess(ctx.weights(policy).diagnostics, name)
             rows.append({
                 "policy": policy, "estimator": name, "estimate": out.estimate, "std_error": se,
                 "ci_lower": lo, "ci_upper": hi, "n": out.n, "oracle_n": out.oracle_n,

@@ -265,12 +265,12 @@ class EstimationContext:
         src = self.data.logged_source
         if src is not None and len(src.labels) != len(pw.mask):  # a dataset rebuilt from another one's rows
             src = None
-        if d.n_zero_logprob:
-            where = f" ({src.describe(pw.zero_rows)})" if src is not None else ""
-            reasons.append(f"{d.n_zero_logprob} logged row(s) with a log-prob of exactly 0.0 (probability one: a failed "
-                           f"scoring call upstream?){where}")
-        if d.n_identical_logprobs:
-            where = f" ({src.describe(pw.identical_rows)})" if src is not None else ""
-            reasons.append(f"{d.n_identical_logprobs} logged row(s) with the same log-prob under every policy (a "
-                           f"scoring failure upstream?){where}")
+        suspect = (
+            (d.n_zero_logprob, pw.zero_rows, "with a log-prob of exactly 0.0 (probability one: a failed scoring call upstream?)"),
+            (d.n_identical_logprobs, pw.identical_rows, "with the same log-prob under every policy (a scoring failure upstream?)"),
+        )
+        for count, rows, what in suspect:
+            if count:
+                where = f" ({src.describe(rows)})" if src is not None else ""
+                reasons.append(f"{count} logged row(s) {what}{where}")
         return reasons
