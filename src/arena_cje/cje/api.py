@@ -27,12 +27,9 @@ Paired differences theta_A - theta_B (same estimator) use the prompts both polic
 share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
 theta_A,k - theta_B,k, and the same Satterthwaite t interval as the levels.
 
-Cluster bootstrap (``n_bootstrap`` > 0): prompts are resampled with replacement, the calibrator is
-refitted and the estimate recomputed in each replicate; the reported SE is the bootstrap SD and the
-CI the percentile interval (replaces the IF/OUA interval for those rows). Replicates whose calibrator
-cannot be fitted (too few labels in the resample) or whose estimate is not finite are dropped and
-counted in the row's reasons (status ``warning``); with fewer than ``MIN_BOOTSTRAP_REPLICATES`` usable
-replicates the IF/OUA interval is kept, and the row says so.
+Cluster bootstrap (``n_bootstrap`` > 0, ``bootstrap.py``): the reported SE is the bootstrap SD and
+the CI the percentile interval (replacing the IF/OUA interval for those rows); dropped replicates, or
+too few to use, are reasons on the row (status ``warning``).
 """
 
 from __future__ import annotations
@@ -43,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from arena_cje.cje.bootstrap import cluster_bootstrap
 from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
 from arena_cje.cje.comparisons import COMPARISON_COLUMNS, DECISION_COLUMNS, compare_policies, t_test_p_value
 from arena_cje.cje.config import EstimationConfig
@@ -240,93 +238,6 @@ def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float
     return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
 
 
-#: Fewest usable bootstrap replicates for a bootstrap interval (with fewer the IF/OUA interval is kept).
-MIN_BOOTSTRAP_REPLICATES = 10
-
-
-@dataclass(frozen=True)
-class BootstrapReplicates:
-    """Cluster bootstrap replicates of one estimate (module docstring).
-
-    Attributes:
-        estimates: theta*_b of the replicates with a finite estimate.
-        n_requested: B, the replicates drawn (``config.n_bootstrap``).
-        n_no_calibration: Replicates dropped because the calibrator could not be fitted on the resample.
-        n_not_finite: Replicates dropped because the estimator gave no finite estimate on the resample.
-        first_error: The first calibration error (quoted in ``reasons``).
-    """
-
-    estimates: np.ndarray
-    n_requested: int
-    n_no_calibration: int = 0
-    n_not_finite: int = 0
-    first_error: str = ""
-
-    @property
-    def usable(self) -> bool:
-        """Whether there are enough replicates for the bootstrap interval."""
-        return self.estimates.size >= MIN_BOOTSTRAP_REPLICATES
-
-    @property
-    def reasons(self) -> list[str]:
-        """Why the bootstrap interval rests on fewer replicates than drawn, or was not used."""
-        out = []
-        dropped = self.n_no_calibration + self.n_not_finite
-        if dropped:
-            why = []
-            if self.n_no_calibration:
-                why.append(f"{self.n_no_calibration} without a calibration ({self.first_error})")
-            if self.n_not_finite:
-                why.append(f"{self.n_not_finite} without a finite estimate")
-            out.append(f"bootstrap: {dropped} of {self.n_requested} replicates dropped: {', '.join(why)}")
-        if not self.usable:
-            out.append(f"bootstrap: only {self.estimates.size} usable replicates (< {MIN_BOOTSTRAP_REPLICATES}): "
-                       "the influence-function/OUA interval is reported instead")
-        return out
-
-
-def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> BootstrapReplicates:
-    """Cluster bootstrap replicates of one estimate, refitting the calibrator each time (failures counted)."""
-    rng = np.random.default_rng(config.seed)
-    prompts = pd.unique(data.logged["prompt_id"])
-    reps = []
-    n_no_cal, first_error = 0, ""
-    for _ in range(config.n_bootstrap):
-        pick = rng.choice(prompts, size=len(prompts), replace=True)
-        counts = pd.Series(pick).value_counts()
-        # Duplicate clusters get fresh ids so folds and clusters stay distinct.
-        def resample(df: pd.DataFrame) -> pd.DataFrame:
-            parts = []
-            for c in range(1, int(counts.max()) + 1):
-                ids = counts.index[counts >= c]
-                part = df.loc[df["prompt_id"].isin(ids)].copy()
-                part["prompt_id"] = part["prompt_id"].astype(str) + f"#b{c}"
-                parts.append(part)
-            return pd.concat(parts, ignore_index=True)
-
-        lg = data.logged.assign(_row=np.arange(len(data.logged)))
-        lg_b = resample(lg)
-        lp_b = data.logprobs.iloc[lg_b["_row"].to_numpy()].reset_index(drop=True)
-        boot = CJEDataset(
-            logged=lg_b.drop(columns="_row"),
-            logprobs=lp_b,
-            fresh={p: resample(f) for p, f in data.fresh.items()},
-            probes={},
-            covariates=data.covariates,
-        )
-        try:
-            cal = fit_calibration(boot.logged, config.n_folds, config.calibrator, data.covariates, config.reliability_bins)
-        except ValueError as e:
-            n_no_cal += 1
-            first_error = first_error or str(e).replace(";", ",")  # rows join their reasons with "; "
-            continue
-        ctx = EstimationContext(boot, config, cal)
-        reps.append(run_estimator(ctx, policy, name).estimate)
-    est = np.asarray(reps, dtype=float)
-    finite = np.isfinite(est)
-    return BootstrapReplicates(est[finite], config.n_bootstrap, n_no_cal, int((~finite).sum()), first_error)
-
-
 def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationResult:
     """Calibrate, run every requested estimator for every policy, and build the result tables.
 
@@ -364,7 +275,7 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                                 out.extras.get("sampling_jackknife"))
                 se, lo, hi, v_if, v_oua, df = iv.std_error, iv.ci_lower, iv.ci_upper, iv.var_if, iv.var_oua, iv.df
                 if config.n_bootstrap > 0 and name != "naive" and not st.refused:
-                    boot = _bootstrap(data, config, policy, name)
+                    boot = cluster_bootstrap(data, config, policy, name)
                     reps = boot.estimates
                     if boot.reasons:
                         st.warned = True
