@@ -74,7 +74,7 @@ def hill_tail_index(w: np.ndarray, k: int | None = None) -> float:
 def simplex_min_variance(cov: np.ndarray) -> np.ndarray:
     """Minimum-variance stacking weights: argmin_{beta >= 0, sum beta = 1} beta' C beta, by scipy SLSQP.
 
-    Used to stack influence functions (SIMCal's candidates here, ``estimators.stacked_dr``): with C
+    Used to stack influence functions (SIMCal's candidates here, ``estimators.stacked.stacked_dr``): with C
     the covariance of the candidates' influence values, beta' C beta is the variance of the stacked
     one. C is rescaled by its mean diagonal before optimising (the optimum does not change).
     """
