@@ -27,9 +27,9 @@ Paired differences theta_A - theta_B (same estimator) use the prompts both polic
 share: estimate = mean_g (psi_A,g - psi_B,g), cluster SE of that difference, OUA replicates
 theta_A,k - theta_B,k, and the same Satterthwaite t interval as the levels.
 
-Cluster bootstrap (``n_bootstrap`` > 0): prompts are resampled with replacement, the calibrator is
-refitted and the estimate recomputed in each replicate; the reported SE is the bootstrap SD and the
-CI the percentile interval (replaces the IF/OUA interval for those rows).
+Cluster bootstrap (``n_bootstrap`` > 0, ``bootstrap.py``): the reported SE is the bootstrap SD and
+the CI the percentile interval (replacing the IF/OUA interval for those rows); dropped replicates, or
+too few to use, are reasons on the row (status ``warning``).
 """
 
 from __future__ import annotations
@@ -40,15 +40,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from arena_cje.cje.bootstrap import cluster_bootstrap
 from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
 from arena_cje.cje.comparisons import COMPARISON_COLUMNS, DECISION_COLUMNS, compare_policies, t_test_p_value
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset
-from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
+from arena_cje.cje.context import EstimationContext
+from arena_cje.cje.estimators import EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
 from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
+#: The leading columns of ``EstimationResult.estimates`` (followed by var_if, var_oua, df and
+#: ``transport.TRANSPORT_COLUMNS``); the pipeline's table for people adds the true value to them.
 ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
                     "status", "reasons", "ess_fraction"]
 DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "df",
@@ -146,6 +150,11 @@ class RowStatus:
         return "refused" if self.refused else ("warning" if self.warned or self.reasons else "ok")
 
 
+def _row_ess(d: WeightDiagnostics, name: str) -> float:
+    """ESS fraction of the weights estimator ``name`` uses: raw for snips, SIMCal for the others."""
+    return d.ess_raw if name == "snips" else d.ess_simcal
+
+
 def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportAudit | None) -> RowStatus:
     """Combine the estimator's own flags with the diagnostic gates and the transport audit."""
     out = RowStatus(est.refused, est.warned, list(est.reasons))
@@ -166,7 +175,7 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
     pw = ctx.weights(est.policy) if est.uses_weights else None
     if pw is not None:
         d = pw.diagnostics
-        ess = d.ess_raw if name == "snips" else d.ess_simcal
+        ess = _row_ess(d, name)
         label = "raw" if name == "snips" else "SIMCal"
         if name in ("snips", "calibrated_ips") and ess < g.ess_refuse:
             out.refused = True
@@ -177,10 +186,10 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
         if name == "snips" and np.isfinite(d.hill_alpha) and d.hill_alpha < g.hill_warn:
             out.warned = True
             out.reasons.append(f"heavy-tailed weights: Hill index {d.hill_alpha:.2f} < {g.hill_warn}")
-    if name in ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr"):
+    if name in LEVEL_ESTIMATORS:
         f = ctx.fresh(est.policy)
         if f is not None:
-            ov = judge_overlap(ctx.logged["judge_score"].to_numpy(dtype=float), f["judge"])
+            ov = judge_overlap(ctx.judge, f.judge)
             if ov < g.overlap_warn:
                 out.warned = True
                 out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
@@ -225,47 +234,10 @@ def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float
     parts = []
     f = ctx.fresh(policy)
     if name in LEVEL_ESTIMATORS and f is not None:
-        parts.append((out_of_range_share(f["judge"], lo, hi), "fresh-draw"))
+        parts.append((out_of_range_share(f.judge, lo, hi), "fresh-draw"))
     if name in ("snips", "calibrated_ips") or (name in LEVEL_ESTIMATORS and f is None):
         parts.append((out_of_range_share(ctx.logged["judge_score"].to_numpy(dtype=float), lo, hi), "logged"))
     return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
-
-
-def _bootstrap(data: CJEDataset, config: EstimationConfig, policy: str, name: str) -> np.ndarray:
-    """Cluster bootstrap replicates of one estimate, refitting the calibrator each time."""
-    rng = np.random.default_rng(config.seed)
-    prompts = pd.unique(data.logged["prompt_id"])
-    reps = []
-    for _ in range(config.n_bootstrap):
-        pick = rng.choice(prompts, size=len(prompts), replace=True)
-        counts = pd.Series(pick).value_counts()
-        # Duplicate clusters get fresh ids so folds and clusters stay distinct.
-        def resample(df: pd.DataFrame) -> pd.DataFrame:
-            parts = []
-            for c in range(1, int(counts.max()) + 1):
-                ids = counts.index[counts >= c]
-                part = df.loc[df["prompt_id"].isin(ids)].copy()
-                part["prompt_id"] = part["prompt_id"].astype(str) + f"#b{c}"
-                parts.append(part)
-            return pd.concat(parts, ignore_index=True)
-
-        lg = data.logged.assign(_row=np.arange(len(data.logged)))
-        lg_b = resample(lg)
-        lp_b = data.logprobs.iloc[lg_b["_row"].to_numpy()].reset_index(drop=True)
-        boot = CJEDataset(
-            logged=lg_b.drop(columns="_row"),
-            logprobs=lp_b,
-            fresh={p: resample(f) for p, f in data.fresh.items()},
-            probes={},
-            covariates=data.covariates,
-        )
-        try:
-            cal = fit_calibration(boot.logged, config.n_folds, config.calibrator, data.covariates, config.reliability_bins)
-        except ValueError:
-            continue
-        ctx = EstimationContext(boot, config, cal)
-        reps.append(run_estimator(ctx, policy, name).estimate)
-    return np.asarray(reps, dtype=float)
 
 
 def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationResult:
@@ -305,9 +277,12 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                                 out.extras.get("sampling_jackknife"))
                 se, lo, hi, v_if, v_oua, df = iv.std_error, iv.ci_lower, iv.ci_upper, iv.var_if, iv.var_oua, iv.df
                 if config.n_bootstrap > 0 and name != "naive" and not st.refused:
-                    reps = _bootstrap(data, config, policy, name)
-                    reps = reps[np.isfinite(reps)]
-                    if reps.size >= 10:
+                    boot = cluster_bootstrap(data, config, policy, name)
+                    reps = boot.estimates
+                    if boot.reasons:
+                        st.warned = True
+                        st.reasons.extend(boot.reasons)
+                    if boot.usable:
                         se = float(reps.std(ddof=1))
                         lo, hi = (float(x) for x in np.quantile(reps, [config.alpha / 2, 1 - config.alpha / 2]))
                         out.extras["bootstrap_replicates"] = int(reps.size)
@@ -315,8 +290,7 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 se = lo = hi = v_if = v_oua = df = float("nan")
             ess = float("nan")
             if out.uses_weights and ctx.weights(policy) is not None:
-                d = ctx.weights(policy).diagnostics
-                ess = d.ess_raw if name == "snips" else d.ess_simcal
+                ess = _row_ess(ctx.weights(policy).diagnostics, name)
             rows.append({
                 "policy": policy, "estimator": name, "estimate": out.estimate, "std_error": se,
                 "ci_lower": lo, "ci_upper": hi, "n": out.n, "oracle_n": out.oracle_n,

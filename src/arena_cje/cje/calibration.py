@@ -171,14 +171,15 @@ class CrossFitCalibration:
     diagnostics: CalibrationDiagnostics
     full_coverage: bool
 
-    def _covs(self, frame: pd.DataFrame) -> np.ndarray | None:
+    def covariate_matrix(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The calibration's covariate columns of ``frame`` as an n x p float matrix (None without covariates)."""
         return frame[list(self.covariates)].to_numpy(dtype=float) if self.covariates else None
 
     def predict_oof(self, frame: pd.DataFrame) -> np.ndarray:
         """Cross-fitted reward f^(-k(prompt))(S) for every row of ``frame``."""
         folds = fold_of(frame["prompt_id"], self.n_folds)
         judge = frame["judge_score"].to_numpy(dtype=float)
-        covs = self._covs(frame)
+        covs = self.covariate_matrix(frame)
         out = np.empty(len(frame))
         for k, m in enumerate(self.fold_models):
             sel = folds == k
@@ -188,11 +189,11 @@ class CrossFitCalibration:
 
     def predict_fold(self, frame: pd.DataFrame, k: int) -> np.ndarray:
         """f^(-k)(S) for every row (the OUA jackknife replicate k)."""
-        covs = self._covs(frame)
+        covs = self.covariate_matrix(frame)
         return self.fold_models[k].predict(frame["judge_score"].to_numpy(dtype=float), covs)
 
     def predict_full(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.full_model.predict(frame["judge_score"].to_numpy(dtype=float), self._covs(frame))
+        return self.full_model.predict(frame["judge_score"].to_numpy(dtype=float), self.covariate_matrix(frame))
 
 
 def calibrator_candidates(calibrator: str, covariates: tuple[str, ...]) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -221,7 +222,7 @@ def _oof_predictions(name: str, judge: np.ndarray, covs: np.ndarray | None, y: n
     oof = np.empty(len(y))
     for k in range(n_folds):
         train = folds != k
-        if train.sum() < 2 or len(np.unique(y[train])) < 1:
+        if train.sum() < 2:
             raise ValueError(f"calibration: fold {k} leaves only {int(train.sum())} labelled rows to fit on; need more oracle labels or fewer folds")
         m = make_calibrator(name).fit(judge[train], None if covs is None else covs[train], y[train])
         models.append(m)

@@ -116,18 +116,20 @@ class EstimationConfig:
             ValueError: naming unknown keys (top level or under ``gates``) or invalid values.
         """
         params = dict(params or {})
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ValueError(f"estimation: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        _reject_unknown_keys("estimation", params, cls)
         if "gates" in params:
             g = dict(params["gates"] or {})
-            g_allowed = {f.name for f in fields(Gates)}
-            g_unknown = sorted(set(g) - g_allowed)
-            if g_unknown:
-                raise ValueError(f"estimation.gates: unknown key(s) {g_unknown}; allowed: {sorted(g_allowed)}")
+            _reject_unknown_keys("estimation.gates", g, Gates)
             params["gates"] = Gates(**g)
         if "estimators" in params:
             est = params["estimators"]
             params["estimators"] = (est,) if isinstance(est, str) else tuple(est)
         return cls(**params)
+
+
+def _reject_unknown_keys(where: str, params: Mapping[str, Any], cls: type) -> None:
+    """Raise ValueError naming the keys of ``params`` that are not fields of dataclass ``cls``."""
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

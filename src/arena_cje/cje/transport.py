@@ -71,7 +71,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from arena_cje.cje.estimators import EstimationContext, EstimatorOutput, run_estimator
+from arena_cje.cje.context import EstimationContext
+from arena_cje.cje.estimators import EstimatorOutput, run_estimator
 from arena_cje.cje.inference import jackknife_variance
 
 LEVEL_ESTIMATORS = ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
@@ -322,7 +323,7 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
 def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
     """Whether at least two of the policy's own fresh draws carry oracle labels (nothing is borrowed)."""
     f = ctx.fresh(policy)
-    return f is not None and int((~np.isnan(f["label"])).sum()) >= 2
+    return f is not None and int(f.labelled.sum()) >= 2
 
 
 def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits: dict, statuses: dict) -> pd.DataFrame:

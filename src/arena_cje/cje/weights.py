@@ -23,7 +23,7 @@ Diagnostics:
     target-typicality coverage (TTC) = share of logged rows whose per-token target surprisal lies
       below the target's own 90% quantile (``target_typicality_coverage``; NaN without token counts).
 
-Calibrated-IPS influence values (``estimators.calibrated_ips``) need the projections themselves:
+Calibrated-IPS influence values (``estimators.ips.calibrated_ips``) need the projections themselves:
 ``SimcalResult.projections`` keeps the full-data monotone fits W^+ and W^-.
 """
 
@@ -71,8 +71,13 @@ def hill_tail_index(w: np.ndarray, k: int | None = None) -> float:
     return float(1.0 / m) if m > 0 else float("inf")
 
 
-def _simplex_min_variance(cov: np.ndarray) -> np.ndarray:
-    """argmin_{beta >= 0, sum beta = 1} beta' C beta, by SLSQP."""
+def simplex_min_variance(cov: np.ndarray) -> np.ndarray:
+    """Minimum-variance stacking weights: argmin_{beta >= 0, sum beta = 1} beta' C beta, by scipy SLSQP.
+
+    Used to stack influence functions (SIMCal's candidates here, ``estimators.stacked.stacked_dr``): with C
+    the covariance of the candidates' influence values, beta' C beta is the variance of the stacked
+    one. C is rescaled by its mean diagonal before optimising (the optimum does not change).
+    """
     m = cov.shape[0]
     scale = float(np.trace(cov)) / m or 1.0
     c = cov / scale
@@ -94,15 +99,30 @@ def _monotone(judge: np.ndarray, w: np.ndarray, increasing: bool, judge_new: np.
     return np.clip(iso.predict(judge_new), 0.0, None)
 
 
+#: SIMCal's stacking weights (raw, increasing, decreasing) when the candidates' covariance is not finite.
+SIMCAL_FALLBACK_STACK = (0.0, 0.5, 0.5)
+
+
 @dataclass
 class SimcalResult:
-    """Stabilised weights (mean one) and how they were built."""
+    """Stabilised weights (mean one) and how they were built.
+
+    Attributes:
+        weights: W, mean one.
+        stack_weights: beta per candidate (raw, increasing, decreasing).
+        blend_gamma: gamma of the variance-cap blend (1 = no blend).
+        var_before_blend: Var(W_stack).
+        projections: The full-data monotone projections W^+ and W^- (``increasing``, ``decreasing``).
+        fallback: Why beta is not the minimum-variance stack (empty when it is): the candidates'
+            influence covariance was not finite, so beta = ``SIMCAL_FALLBACK_STACK``.
+    """
 
     weights: np.ndarray
     stack_weights: dict[str, float]
     blend_gamma: float
     var_before_blend: float
     projections: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    fallback: str = ""
 
 
 def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None) -> SimcalResult:
@@ -135,7 +155,14 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
         theta = np.mean(c * reward)
         phis.append(c * reward - theta * c)
     cov = np.cov(np.vstack(phis))
-    beta = _simplex_min_variance(np.atleast_2d(cov)) if np.all(np.isfinite(cov)) else np.array([0.0, 0.5, 0.5])
+    fallback = ""
+    if np.all(np.isfinite(cov)):
+        beta = simplex_min_variance(np.atleast_2d(cov))
+    else:  # e.g. a non-finite reward: no variance to minimise, so a fixed stack (reported, not silent)
+        beta = np.array(SIMCAL_FALLBACK_STACK)
+        fallback = (f"SIMCal: the covariance of its candidates' influence values is not finite; fixed stacking "
+                    f"weights (raw, increasing, decreasing) = {SIMCAL_FALLBACK_STACK} used instead of the "
+                    "minimum-variance stack")
     stacked = sum(b * c for b, c in zip(beta, full, strict=True))
     stacked = stacked / stacked.mean()
     v = float(np.var(stacked))
@@ -144,7 +171,7 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
         gamma = float(np.sqrt(var_cap / v))
     out = 1.0 + gamma * (stacked - 1.0)
     return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma,
-                        var_before_blend=v, projections={"increasing": full[1], "decreasing": full[2]})
+                        var_before_blend=v, projections={"increasing": full[1], "decreasing": full[2]}, fallback=fallback)
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:

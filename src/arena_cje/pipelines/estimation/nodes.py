@@ -9,14 +9,15 @@ from typing import Any
 import pandas as pd
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
+from arena_cje.cje.api import ESTIMATE_COLUMNS
 from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
 from arena_cje.cje.transport import with_inclusion_probs
 from arena_cje.provenance import data_fingerprint, partitions_fingerprint, results_record
 
-ESTIMATE_COLUMNS = [
-    "policy", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "n", "oracle_n",
-    "truth", "status", "reasons", "ess_fraction", "level_source",
-]
+#: Columns of the ``estimates`` table people read: the core's ``ESTIMATE_COLUMNS`` with the true value
+#: (where the backend knows it) after ``oracle_n``, and where the level came from (``level_source``) last.
+ESTIMATE_TABLE_COLUMNS = [*ESTIMATE_COLUMNS[:ESTIMATE_COLUMNS.index("oracle_n") + 1], "truth",
+                          *ESTIMATE_COLUMNS[ESTIMATE_COLUMNS.index("oracle_n") + 1:], "level_source"]
 
 
 def estimate_policy_values(
@@ -54,7 +55,7 @@ def tabulate_estimates(estimation_result, policy_truth: pd.DataFrame) -> pd.Data
     """One row per (policy, estimator) with the true value where it is known."""
     truth = policy_truth[["policy", "truth"]] if len(policy_truth) else pd.DataFrame(columns=["policy", "truth"])
     table = estimation_result.estimates.drop(columns=["truth"], errors="ignore").merge(truth, on="policy", how="left")
-    return table[ESTIMATE_COLUMNS]
+    return table[ESTIMATE_TABLE_COLUMNS]
 
 
 def tabulate_differences(estimation_result) -> pd.DataFrame:
