@@ -34,19 +34,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cje"))
 from sim_bank import build_bank, draw  # noqa: E402
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies  # noqa: E402
-from arena_cje.cje.planning import Comparison, CostModel, fit_variance_model, plan_evaluation  # noqa: E402
+from arena_cje.cje.planning import Comparison, CostModel, fit_variance_model, minimum_detectable_effect, pilot_results  # noqa: E402
 
 _BANK = None
 _ARGS = None
 
 
-def run_once(bank, n: int, labels: int, seed: int, estimators: tuple[str, ...], calibrator: str):
-    """One replication: draw n prompts with ``labels`` oracle labels and estimate."""
+def draw_data(bank, n: int, labels: int, seed: int, estimators: tuple[str, ...]) -> CJEDataset:
+    """One replication's data: n prompts with ``labels`` oracle labels."""
     lg, fr = draw(bank, n, labels / n, seed=seed)
     if not any(e not in ("naive", "direct") for e in estimators):
         lg = lg.drop(columns="target_policy_logprobs")
+    return CJEDataset.from_frames(lg, fr, covariates=("response_length",))
+
+
+def run_once(bank, n: int, labels: int, seed: int, estimators: tuple[str, ...], calibrator: str):
+    """One replication: draw n prompts with ``labels`` oracle labels and estimate."""
     cfg = EstimationConfig(estimators=estimators, calibrator=calibrator)
-    return estimate_policies(CJEDataset.from_frames(lg, fr, covariates=("response_length",)), cfg)
+    return estimate_policies(draw_data(bank, n, labels, seed, estimators), cfg)
 
 
 def realised_rows(res, comparison: Comparison, estimator: str) -> dict:
@@ -63,9 +68,10 @@ def realised_rows(res, comparison: Comparison, estimator: str) -> dict:
             sign = -1.0
         r = hit.iloc[0].copy()
         r["estimate"] = sign * r["estimate"]
+        if sign < 0:
+            r["ci_lower"], r["ci_upper"] = -hit.iloc[0]["ci_upper"], -hit.iloc[0]["ci_lower"]
     return {"estimate": float(r["estimate"]), "half_width": float(r["ci_upper"] - r["ci_lower"]) / 2,
-            "lo": float(min(r["ci_lower"], r["ci_upper"]) if comparison.baseline is None else r["ci_lower"]),
-            "hi": float(r["ci_upper"]), "sign": 1.0 if comparison.baseline is None else sign}
+            "lo": float(r["ci_lower"]), "hi": float(r["ci_upper"])}
 
 
 def _job(job: tuple) -> dict:
@@ -95,12 +101,13 @@ def main() -> None:
     global _BANK, _ARGS
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--pilots", type=int, default=8)
+    ap.add_argument("--pilots", type=int, default=10, help="independent pilot draws")
+    ap.add_argument("--partitions", type=int, default=3, help="fold partitions per pilot (pilot_results)")
     ap.add_argument("--pilot-n", type=int, default=1000)
     ap.add_argument("--pool", type=int, default=3000)
     ap.add_argument("--truth-draws", type=int, default=4)
-    ap.add_argument("--budgets", type=float, nargs="+", default=[150.0, 300.0, 600.0])
-    ap.add_argument("--prompt-cost", type=float, default=0.10, help="API cost per prompt (all policies)")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[50.0, 100.0, 200.0])
+    ap.add_argument("--prompt-cost", type=float, default=0.01, help="API cost per prompt (all policies)")
     ap.add_argument("--label-price", type=float, default=0.10, help="price per vote")
     ap.add_argument("--votes", type=int, default=3)
     ap.add_argument("--comparisons", nargs="+", default=["pi_cot", "pi_cot-pi_concise", "pi_cot-pi_0"])
@@ -115,10 +122,13 @@ def main() -> None:
     print(f"bank: {a.pool} prompts x 2 draws x {len(a.policies)} policies in {bank.build_seconds:.0f} s", file=sys.stderr)
     t0 = time.perf_counter()
     m0 = round(0.25 * a.pilot_n)
-    pilots = [run_once(bank, a.pilot_n, m0, 900_000 + i, tuple(a.estimators), a.calibrator) for i in range(a.pilots)]
+    cfg = EstimationConfig(estimators=tuple(a.estimators), calibrator=a.calibrator)
+    pilot_sets = [pilot_results(draw_data(bank, a.pilot_n, m0, 900_000 + i, tuple(a.estimators)), cfg, a.partitions)
+                  for i in range(a.pilots)]
+    pilots = [r for s in pilot_sets for r in s]
     model = fit_variance_model(pilots, comparisons=a.comparisons, estimators=[est])
     cm = CostModel(prompt_cost=a.prompt_cost, label_price=a.label_price, votes_per_label=a.votes)
-    plans = {(c, b): plan_evaluation(b, cm, model, c, est) for c in a.comparisons for b in a.budgets}
+    plans = {(c, b): minimum_detectable_effect(b, cm, model, c, est) for c in a.comparisons for b in a.budgets}
 
     # Realise every plan, plus half the pilot labels for the what-if.
     jobs = [((c, b), p.n_prompts, p.calibration_labels, 500_000 + 1000 * i + r)
@@ -136,10 +146,10 @@ def main() -> None:
                      "cost": round(p.cost, 2), "predicted": p.half_width, "realised": got.half_width.mean(),
                      "ratio": got.half_width.mean() / p.half_width,
                      "1.96 x MC SD": 1.96 * got.estimate.std(ddof=1),
-                     "coverage": float(np.mean((got.lo <= tv) & (tv <= got.hi))), "mde80": np.nan, "reps": len(got)})
+                     "coverage": float(np.mean((got.lo <= tv) & (tv <= got.hi))), "mde (80% power)": p.mde, "reps": len(got)})
     tab = pd.DataFrame(rows)
     pd.set_option("display.width", 220)
-    print(f"pilot: {a.pilots} x n={a.pilot_n}, m={m0}; cost: ${a.prompt_cost}/prompt, ${a.label_price} x {a.votes} votes "
+    print(f"pilot: {a.pilots} x {a.partitions} partitions x n={a.pilot_n}, m={m0}; cost: ${a.prompt_cost}/prompt, ${a.label_price} x {a.votes} votes "
           f"per label; estimator {est}, calibrator {a.calibrator}; {a.reps} replications per plan")
     print("variance model:")
     print(model.table().round(6).to_string(index=False))
@@ -153,17 +163,18 @@ def main() -> None:
         comp = Comparison.parse(c)
         realised = np.mean([d["rows"][c]["half_width"] for d in half])
         old, new1 = [], []
-        for res in pilots:
+        for sets in pilot_sets:
+            res = sets[0]  # one pilot as the run saw it (its own fold partition)
             if comp.baseline is None:
                 r = res.estimates[(res.estimates.policy == comp.policy) & (res.estimates.estimator == est)].iloc[0]
                 old.append(old_planner_half_width(r, m0 // 2))
-            new1.append(fit_variance_model(res, comparisons=[c], estimators=[est]).get(comp, est).half_width(a.pilot_n, m0 // 2))
+            new1.append(fit_variance_model(sets, comparisons=[c], estimators=[est]).get(comp, est).half_width(a.pilot_n, m0 // 2))
         wi.append({"comparison": c, "labels": f"{m0} -> {m0 // 2}", "realised": realised,
                    "old planner (1 pilot)": np.mean(old) if old else np.nan,
-                   "new (1 pilot)": np.mean(new1), "new (all pilots)": model.get(comp, est).half_width(a.pilot_n, m0 // 2)})
+                   "new (1 pilot, partitions)": np.mean(new1), "new (all pilots)": model.get(comp, est).half_width(a.pilot_n, m0 // 2)})
     w = pd.DataFrame(wi)
     w["realised / old"] = w["realised"] / w["old planner (1 pilot)"]
-    w["realised / new(1)"] = w["realised"] / w["new (1 pilot)"]
+    w["realised / new(1 pilot)"] = w["realised"] / w["new (1 pilot, partitions)"]
     print("what-if with half the labels (old planner = levels only):")
     print(w.round(4).to_string(index=False))
 

@@ -21,7 +21,8 @@ different sample sizes:
   variance is sigma_r^2 / pi_L with pi_L = m / n, so its share of V_IF is sigma_r^2 / m: it
   shrinks with the number of LABELS, not prompts. Estimated as R = (var_g psi_g - A) * m0 / G0.
 * B (per label): m0 * V_OUA of the pilot (the jackknife variance of a calibrator fitted on m0
-  labels scales like 1 / m).
+  labels scales like 1 / m; measured on the simulated world, m V_OUA = 0.029, 0.025, 0.022, 0.021
+  at m = 100, 200, 400, 800 for pi_cot: a monotone fit on very few labels is somewhat noisier).
 * C (per probe label): var(r) of the probe residuals r = Y - f(S) (``TransportAudit.std_error^2 * n``).
   A probe-corrected level adds C / p; a ``combined`` level (the audit passed) precision-weights the
   borrowed level with the probe-corrected one, so its calibration part is 1 / (m / B + p / C).
@@ -30,8 +31,12 @@ Why the first planner (``report.budget``, var_if + var_oua * m0 / m) underestima
 fewer labels: (1) it kept V_IF fixed, but for the logging policy's level and every DR estimate the
 residual term R / m is part of V_IF; (2) it used the normal z while the reported interval uses the
 Satterthwaite t, whose df fall towards K - 1 = 4 as V_OUA dominates (t_{0.975, 4} = 2.78 vs 1.96);
-(3) one pilot's V_OUA rests on K - 1 = 4 df, so a single-run planner inherits that noise (fit to
-several pilots, ``fit_variance_model([...])``, averages it out). Measured in docs/planning.md.
+(3) one pilot's V_OUA rests on K - 1 = 4 df: the delete-one-fold jackknife of one random partition of
+the labels into K folds varies by a factor of 2-10 between partitions of the SAME labels, so a
+single-run planner inherits that noise. ``pilot_results`` re-estimates the pilot under several fold
+partitions (the prompt ids salted, so ``fold_of`` deals them anew) and ``fit_variance_model``
+averages the coefficients over them (and over several pilots when there are). Measured in
+docs/planning.md.
 
 Predicted half-width = the mean of the reported half-widths over replications:
 E[t_{df_hat} sqrt(V_IF + V_OUA_hat)], with V_OUA_hat ~ V_OUA chi^2_{K-1} / (K - 1) (the jackknife's
@@ -43,7 +48,8 @@ plug-in t_{df} sqrt(V).
 policy, teacher forcing, judging), e.g. from ``dry_run.plan_run`` (``CostModel.from_dry_run``).
 
 **Allocation** (``plan_evaluation``): minimise the predicted half-width over (n, m, p) subject to
-cost <= budget, min_labels <= m <= n (one label per logged prompt), min_probe <= p <= n, by
+cost <= budget, min_labels <= m <= n - 1 (one label per logged prompt; m = n is full
+coverage, where the reported interval drops the OUA part), min_probe <= p <= n, by
 ``scipy.optimize.minimize`` (SLSQP) on the continuous relaxation from several starts, then rounded down.
 
 **Minimum detectable effect** (``minimum_detectable_effect``): the true difference a two-sided level-
@@ -56,7 +62,7 @@ Pure numpy/scipy/pandas; no Kedro.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -117,17 +123,20 @@ class VarianceTerms:
     probe_mode: str = "none"
     n_folds: int = 5
     pilot: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
+    def calibration_part(self, m: float) -> float:
+        """V_OUA at m labels: B / m."""
+        return self.calibration_var / m
 
     def parts(self, n: float, m: float, p: float) -> tuple[float, float, float]:
         """(V_IF, V_OUA, V_probe) at n prompts, m calibration labels, p probe labels per policy."""
         v_if = self.prompt_var / n + self.residual_var / m
-        v_oua = self.calibration_var / m
+        v_oua = self.calibration_part(m)
         v_probe = 0.0
         if self.probe_mode == "corrected" and self.probe_var > 0:
             v_probe = self.probe_var / max(p, 1e-9)
         elif self.probe_mode == "combined" and self.probe_var > 0 and p > 0 and self.calibration_var > 0:
             # The borrowed level's calibration part precision-weighted with the probe: 1 / (m / B + p / C).
-            v_oua = 1.0 / (m / self.calibration_var + p / self.probe_var)
+            v_oua = 1.0 / (1.0 / v_oua + p / self.probe_var)
         return v_if, v_oua, v_probe
 
     def variance(self, n: float, m: float, p: float = 0.0) -> float:
@@ -189,7 +198,7 @@ class VarianceModel:
         """One row per (comparison, estimator): the coefficients."""
         rows = [{"comparison": t.comparison.label, "estimator": t.estimator, "prompt_var": t.prompt_var,
                  "residual_var": t.residual_var, "calibration_var": t.calibration_var, "probe_var": t.probe_var,
-                 "probe_mode": t.probe_mode, "pilot_prompts": t.pilot[0], "pilot_labels": t.pilot[1]}
+                 "probe_mode": t.probe_mode,  "pilot_prompts": t.pilot[0], "pilot_labels": t.pilot[1]}
                 for t in self.terms.values()]
         return pd.DataFrame(rows)
 
@@ -231,6 +240,33 @@ def _probe_terms(result: Any, policy: str, estimator: str) -> tuple[float, str, 
     return 0.0, "none", 0.0
 
 
+def refold(data: Any, salt: str) -> Any:
+    """A copy of a ``CJEDataset`` whose prompt ids carry ``salt``: ``fold_of`` deals new folds.
+
+    Estimates do not depend on prompt names except through the cross-fitting folds, so this is the
+    same data under another random partition of its labels into K folds.
+    """
+    def rename(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.assign(prompt_id=frame["prompt_id"].astype(str) + salt)
+
+    return replace(data, logged=rename(data.logged), fresh={p: rename(f) for p, f in data.fresh.items()},
+                   probes={p: rename(f) for p, f in data.probes.items()}, logged_source=None)
+
+
+def pilot_results(data: Any, config: Any, partitions: int = 4) -> list[Any]:
+    """``estimate_policies`` on a pilot under ``partitions`` fold partitions (module docstring).
+
+    Args:
+        data: The pilot ``CJEDataset``.
+        config: ``EstimationConfig`` of the run to plan (bootstrap is switched off: not needed).
+        partitions: Fold partitions (the first is the data's own).
+    """
+    from arena_cje.cje.api import estimate_policies
+
+    cfg = replace(config, n_bootstrap=0) if "n_bootstrap" in {f.name for f in fields(config)} else config
+    return [estimate_policies(data if i == 0 else refold(data, f"#fold{i}"), cfg) for i in range(max(1, partitions))]
+
+
 def fit_variance_model(results: Any | Sequence[Any], comparisons: Sequence[Comparison | str] | None = None,
                        estimators: Sequence[str] | None = None) -> VarianceModel:
     """Fit the variance model to pilot ``EstimationResult``(s) (module docstring).
@@ -268,13 +304,17 @@ def fit_variance_model(results: Any | Sequence[Any], comparisons: Sequence[Compa
                 t = _fit_one(res, c, name, labelled, m0, k)
                 if t is not None:
                     acc.setdefault((c.label, name), []).append(t)
-    terms = {}
-    for key, ts in acc.items():
-        mean = lambda attr: float(np.mean([getattr(t, attr) for t in ts]))  # noqa: E731
-        terms[key] = replace(ts[0], prompt_var=mean("prompt_var"), residual_var=mean("residual_var"),
-                             calibration_var=mean("calibration_var"), probe_var=mean("probe_var"),
-                             pilot=tuple(float(np.mean([t.pilot[i] for t in ts])) for i in range(3)))
-    return VarianceModel(terms, source=f"{len(results)} pilot(s)")
+    terms = {key: _average(ts) for key, ts in acc.items()}
+    return VarianceModel(terms, source=f"{len(results)} pilot fit(s)")
+
+
+def _average(ts: list[VarianceTerms]) -> VarianceTerms:
+    """Average the terms of several pilot fits (per-label coefficients are m0-normalised, so pilots of
+    different sizes pool)."""
+    mean = lambda attr: float(np.mean([getattr(t, attr) for t in ts]))  # noqa: E731
+    return replace(ts[0], prompt_var=mean("prompt_var"), residual_var=mean("residual_var"),
+                   calibration_var=mean("calibration_var"), probe_var=mean("probe_var"),
+                   pilot=tuple(float(np.mean([t.pilot[i] for t in ts])) for i in range(3)))
 
 
 def _fit_one(res: Any, c: Comparison, name: str, labelled: pd.Index, m0: int, k: int) -> VarianceTerms | None:
@@ -440,7 +480,7 @@ def plan_evaluation(budget: float, cost_model: CostModel, variance_model: Varian
     p_cap = n_cap if uses_probe or p_min > 0 else p_min
     bounds = [(lo[0], n_cap), (lo[1], n_cap), (p_min, max(p_cap, p_min))]
     cons = [{"type": "ineq", "fun": lambda x: (budget - cost_model.cost(*x)) / max(budget, 1e-12)},
-            {"type": "ineq", "fun": lambda x: x[0] - x[1]},
+            {"type": "ineq", "fun": lambda x: x[0] - x[1] - 1},  # m = n is full coverage: OUA skipped
             {"type": "ineq", "fun": lambda x: x[0] - x[2]}]
     # Variables are scaled by the cap so SLSQP's steps are comparable.
     scale = np.array([max(b[1], 1.0) for b in bounds])
@@ -481,10 +521,10 @@ def _feasible_start(budget: float, cm: CostModel, lo: np.ndarray, share: float, 
 
 def _round_down(x: np.ndarray, budget: float, cm: CostModel, lo: np.ndarray) -> tuple[int, int, int]:
     n, m, p = (int(np.floor(v + 1e-9)) for v in x)
-    n, m, p = max(n, int(lo[0])), max(min(m, n), int(lo[1])), max(min(p, n), int(lo[2]))
-    while cm.cost(n, m, p) > budget + 1e-9 and n > lo[0]:
+    n, m, p = max(n, int(lo[0]) + 1), max(min(m, n - 1), int(lo[1])), max(min(p, n), int(lo[2]))
+    while cm.cost(n, m, p) > budget + 1e-9 and n > lo[0] + 1:
         n -= 1
-        m = min(m, n)
+        m = min(m, n - 1)
     return n, m, p
 
 
