@@ -318,10 +318,11 @@ def _average(ts: list[VarianceTerms]) -> VarianceTerms:
 
 
 def _fit_one(res: Any, c: Comparison, name: str, labelled: pd.Index, m0: int, k: int) -> VarianceTerms | None:
+    """Terms of one comparison in one pilot result (module docstring)."""
     oa = res.outputs.get((c.policy, name))
     if oa is None or oa.n < 2 or not np.isfinite(oa.estimate):
         return None
-    c_var, mode, lam = _probe_terms(res, c.policy, name) if c.baseline is None else (0.0, "none", 0.0)
+    sides = [_probe_terms(res, c.policy, name)]
     if c.baseline is None:
         psi, reps, residual = oa.psi, oa.oua_replicates, _has_residual(oa)
     else:
@@ -336,14 +337,19 @@ def _fit_one(res: Any, c: Comparison, name: str, labelled: pd.Index, m0: int, k:
         if oa.oua_replicates is not None and ob.oua_replicates is not None:
             reps = oa.oua_replicates - ob.oua_replicates
         residual = _has_residual(oa) or _has_residual(ob)
+        sides.append(_probe_terms(res, c.baseline, name))
     a, r, b = _terms_from_psi(psi, reps, labelled, residual, m0)
-    p0 = 0.0
-    if mode != "none":
-        audit = res.transport[c.policy]
-        p0 = float(audit.n_probe)
-        g0 = len(psi)
-        a = max(0.0, a - lam**2 * c_var * g0 / p0)  # the probe term sits in psi with variance ~ lambda^2 C G / p
-        if mode == "combined" and lam < 1:
+    probe_n = [float(res.transport[p].n_probe) for p, (_, mode, _) in zip((c.policy, c.baseline), sides) if mode != "none"]
+    p0 = float(np.mean(probe_n)) if probe_n else 0.0
+    # The probe term sits in psi with variance ~ lambda^2 C G / p: move it to the 1 / p part.
+    c_var = sum(lam**2 * cv for cv, mode, lam in sides if mode != "none")
+    if p0 > 0:
+        a = max(0.0, a - c_var * len(psi) / p0)
+    mode = "corrected" if c_var > 0 else "none"
+    if c.baseline is None and sides[0][1] == "combined":
+        cv, mode, lam = sides[0]
+        c_var = cv
+        if lam < 1:
             b = b / (1 - lam) ** 2  # replicates (1 - lambda) B_k + lambda C_k: C_k barely moves with f
     return VarianceTerms(c, name, a, r, b, c_var, mode, k, (float(oa.n), float(m0), p0))
 
