@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from .budget import plan_label_budget
+from .budget import plan_budget_table, plan_label_budget
 from .document import Figure, Section, render_html, render_markdown
 from .figures import plot_calibration, plot_differences, plot_forest, plot_weight_diagnostics
 from .tables import differences_vs_baseline, flatten_parameters
@@ -192,10 +192,12 @@ def build_report(
     sections.append(Section("transport", "Transport audit and gates", tblocks))
 
     if label_budget is None:
-        label_budget = plan_label_budget_for_verdicts(result_estimates, verdicts, parameters)
-    sections.append(Section("budget", "Label-budget planner", [
-        "Oracle labels needed for a target CI half-width, assuming the calibration (OUA) variance shrinks "
-        "like 1/labels while the prompt-sampling variance stays (see arena_cje.report.budget).",
+        label_budget = plan_budget_table(estimation_result, verdicts, parameters)
+    sections.append(Section("budget", "Budget planner", [
+        "Prompts, calibration labels and probe labels per policy that minimise each comparison's CI half-width "
+        "within a budget (this run's cost and multiples of it), with the minimum detectable effect at 80% power; "
+        "the variance model is fitted to this run (arena_cje.cje.planning, docs/planning.md). "
+        "`kedro cje-plan --budget B` plans any budget.",
         label_budget if len(label_budget) else "No calibrated estimate to plan for.",
     ]))
 

@@ -48,10 +48,18 @@ def plan_label_budget_node(
     estimation_result: Any, policy_estimates: pd.DataFrame, policy_differences: pd.DataFrame,
     parameters: dict[str, Any],
 ) -> pd.DataFrame:
-    """Label budget for each policy's speaking estimator (the one its verdict uses)."""
+    """Budget plan (prompts, labels, probe labels, half-width, MDE) for each policy's speaking estimator."""
+    from arena_cje.dry_run import plan_run
+    from arena_cje.report.budget import plan_budget_table
+
     verdicts = policy_verdicts(policy_estimates, policy_differences, str(parameters.get("logging_policy", "pi_0")),
                                estimation_result.transport_table)
-    return plan_label_budget_for_verdicts(estimation_result.estimates, verdicts, parameters)
+    n = max(int((parameters.get("prompts") or {}).get("output_samples", 1) or 1), 1)
+    try:  # the dry run's API cost per prompt (0 on backends without prices: report.plan_prompt_cost then)
+        prompt_cost = sum(r.max_cost_usd for r in plan_run(parameters) if r.stage in ("generate", "teacher_force", "judge")) / n
+    except (KeyError, ValueError):
+        prompt_cost = None
+    return plan_budget_table(estimation_result, verdicts, parameters, prompt_cost)
 
 
 def write_report(
