@@ -531,6 +531,8 @@ def _round_down(x: np.ndarray, budget: float, cm: CostModel, lo: np.ndarray) -> 
     while cm.cost(n, m, p) > budget + 1e-9 and n > lo[0] + 1:
         n -= 1
         m = min(m, n - 1)
+    if cm.prompt_cost > 0:  # what rounding down left over buys prompts (more prompts never widen the interval)
+        n += max(0, int(np.floor((budget - cm.cost(n, m, p)) / cm.prompt_cost + 1e-9)))
     return n, m, p
 
 
