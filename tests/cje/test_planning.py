@@ -124,16 +124,19 @@ def test_fit_moves_the_labelled_residual_term_to_the_per_label_part():
 
 @pytest.mark.slow
 def test_planner_predicts_realised_half_widths():
-    """Simulated world: at three budgets the predicted half-width is within 15% of the mean reported one.
+    """Simulated world: at three budgets the predicted half-width matches the mean reported one.
 
-    ~2-3 min on the shared 2-core box: a 1,500-prompt bank (~20 s), 6 pilots x 2 fold partitions, and
-    15 replications at each of 3 budgets x 2 comparisons (the benchmark runs 50 per plan).
+    ~2.5 min on the shared 2-core box: a 1,500-prompt bank (~20 s), 8 pilots x 2 fold partitions, and
+    15 replications at each of 3 budgets x 2 comparisons. The acceptance (each plan within 15%, 50
+    replications, 10 x 3 pilot fits) is ``benchmarks/planner_study.py`` (max deviation 8%, docs/planning.md);
+    at 15 replications a single plan's mean half-width has ~5% Monte Carlo error and the smaller pilot
+    ~7%, so here: the mean deviation within 10% and every plan within 25%.
     """
     from sim_planning import realise_plans
 
-    table = realise_plans(pool=1500, pilots=6, partitions=2, reps=15, budgets=(50.0, 100.0, 200.0), workers=1,
+    table = realise_plans(pool=1500, pilots=8, partitions=2, reps=15, budgets=(50.0, 100.0, 200.0), workers=1,
                           comparisons=("pi_cot", "pi_cot-pi_0")).table
     assert len(table) == 6 and (table["reps"] == 15).all()
     assert (table["cost"] <= table["budget"] + 1e-6).all()
-    bad = table[(table["ratio"] - 1).abs() > 0.15]
-    assert bad.empty, table.to_string()
+    dev = (table["ratio"] - 1).abs()
+    assert dev.mean() <= 0.10 and dev.max() <= 0.25, table.to_string()
