@@ -57,7 +57,7 @@ def plan_label_budget_node(
     n = max(int((parameters.get("prompts") or {}).get("output_samples", 1) or 1), 1)
     try:  # the dry run's API cost per prompt (0 on backends without prices: report.plan_prompt_cost then)
         prompt_cost = sum(r.max_cost_usd for r in plan_run(parameters) if r.stage in ("generate", "teacher_force", "judge")) / n
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):  # parameters the dry run cannot read: the report's default
         prompt_cost = None
     return plan_budget_table(estimation_result, verdicts, parameters, prompt_cost)
 
