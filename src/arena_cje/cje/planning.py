@@ -478,9 +478,10 @@ def plan_evaluation(budget: float, cost_model: CostModel, variance_model: Varian
     uses_probe = terms.probe_mode != "none" and terms.probe_var > 0
     p_min = float(max(min_probe_labels, 2 if uses_probe else 0))
     lo = np.array([float(max(min_labels, 2)), float(max(min_labels, 2)), p_min])
-    if cost_model.cost(*np.maximum(lo, [lo[0], 0, 0])) > budget or cost_model.cost(lo[0], lo[1], p_min) > budget:
-        raise ValueError(f"budget {budget:g} does not cover the minimum design ({int(lo[0])} prompts, {int(lo[1])} "
-                         f"labels, {int(p_min)} probe labels per policy cost {cost_model.cost(lo[0], lo[1], p_min):.2f})")
+    smallest = cost_model.cost(lo[0] + 1, lo[1], p_min)  # m <= n - 1
+    if smallest > budget:
+        raise ValueError(f"budget {budget:g} does not cover the minimum design ({int(lo[0]) + 1} prompts, {int(lo[1])} "
+                         f"labels, {int(p_min)} probe labels per policy cost {smallest:.2f})")
     n_cap = max_prompts if max_prompts is not None else (budget - cost_model.fixed_cost) / max(cost_model.prompt_cost, 1e-12)
     n_cap = float(max(min(n_cap, 1e9), lo[0]))
     p_cap = n_cap if uses_probe or p_min > 0 else p_min
@@ -503,7 +504,7 @@ def plan_evaluation(budget: float, cost_model: CostModel, variance_model: Varian
             best = x
     if best is None:
         best = _feasible_start(budget, cost_model, lo, 0.3, n_cap)
-    n, m, p = _round_down(best, budget, cost_model, lo)
+    n, m, p = _round_down(best, budget, cost_model, lo, n_cap)
     v_if, v_oua, v_probe = terms.parts(n, m, p)
     return Allocation(
         budget=float(budget), comparison=terms.comparison.label, estimator=terms.estimator, n_prompts=n,
@@ -525,14 +526,16 @@ def _feasible_start(budget: float, cm: CostModel, lo: np.ndarray, share: float, 
     return x
 
 
-def _round_down(x: np.ndarray, budget: float, cm: CostModel, lo: np.ndarray) -> tuple[int, int, int]:
+def _round_down(x: np.ndarray, budget: float, cm: CostModel, lo: np.ndarray, n_cap: float) -> tuple[int, int, int]:
+    """Integers within budget; what rounding down left over buys prompts (up to ``n_cap``)."""
     n, m, p = (int(np.floor(v + 1e-9)) for v in x)
     n, m, p = max(n, int(lo[0]) + 1), max(min(m, n - 1), int(lo[1])), max(min(p, n), int(lo[2]))
     while cm.cost(n, m, p) > budget + 1e-9 and n > lo[0] + 1:
         n -= 1
         m = min(m, n - 1)
-    if cm.prompt_cost > 0:  # what rounding down left over buys prompts (more prompts never widen the interval)
-        n += max(0, int(np.floor((budget - cm.cost(n, m, p)) / cm.prompt_cost + 1e-9)))
+    if cm.prompt_cost > 0:  # more prompts never widen the interval
+        extra = int(np.floor((budget - cm.cost(n, m, p)) / cm.prompt_cost + 1e-9))
+        n = max(n, min(n + max(0, extra), int(np.floor(n_cap))))
     return n, m, p
 
 
