@@ -6,6 +6,9 @@
   completed, failed, tokens, cost so far.
 * ``kedro cje-dry-run [--env ENV] [--params ...]``: calls, tokens and cost per stage and policy that
   ``kedro run`` would send, without sending anything.
+* ``kedro cje-plan --budget B [--comparison pi_cot-pi_0] [--env ENV]``: prompts, calibration labels and
+  probe labels minimising the comparison's CI half-width within the budget, and the minimum detectable
+  effect (``arena_cje.cje.planning``); from a pilot run's saved ``estimation_result`` or the simulated world.
 
 ``run`` is re-exported because ``python -m arena_cje`` looks it up here once this module exists.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -239,3 +243,107 @@ def cje_dry_run_command(env: str | None, extra_params: dict[str, Any]) -> None:
                f"prompt lengths from {source}")
     for line in format_plan(rows, options.get("budget_usd"), done):
         click.echo(line)
+
+
+def _plan_pilot(context: Any, params: Mapping[str, Any], pilot: str | None, estimator: str,
+                partitions: int) -> tuple[list[Any], str]:
+    """Pilot results for the planner: a saved ``estimation_result`` when one exists, else the simulated world."""
+    import pickle
+
+    from arena_cje.cje import EstimationConfig
+    from arena_cje.cje.planning import pilot_results
+
+    path = Path(pilot) if pilot else Path(context.project_path) / "data/07_model_output/estimation_result.pkl"
+    if pilot != "simulated" and path.exists():
+        with path.open("rb") as fh:
+            result = pickle.load(fh)  # noqa: S301 - the project's own catalog output
+        if result.calibration is None or not result.outputs:
+            raise click.ClickException(f"{path}: the pilot has no calibration or no estimator outputs to plan from")
+        return [result], f"pilot run {path} ({result.calibration.n_labelled} labels)"
+    if pilot and pilot != "simulated":
+        raise click.ClickException(f"--pilot {pilot}: no such file")
+    from arena_cje.pilot import simulated_pilot
+
+    cfg = EstimationConfig.from_params(params.get("estimation"))
+    cfg = replace(cfg, estimators=(estimator,))
+    frac = float(params.get("split", {}).get("calibration_fraction", 0.25))
+    n = int(params.get("prompts", {}).get("output_samples", 1000))
+    data = simulated_pilot(params, n_prompts=n, oracle_fraction=frac, seed=0,
+                           logprobs=estimator not in ("naive", "direct"))
+    return pilot_results(data, cfg, partitions), (f"simulated world ({n} prompts, {round(frac * n)} labels, "
+                                                  f"{partitions} fold partitions; no label needed)")
+
+
+@cli.command("cje-plan")
+@env_option
+@click.option("--budget", "budgets", type=float, multiple=True, required=True, help="Budget(s) to plan for (repeatable).")
+@click.option("--comparison", "comparisons", multiple=True,
+              help="'POLICY' (a level) or 'POLICY-BASELINE' (a difference); repeatable. Default: every target "
+                   "minus the logging policy.")
+@click.option("--estimator", default="direct", show_default=True, help="Estimator whose interval is planned.")
+@click.option("--pilot", default=None,
+              help="Saved estimation_result.pkl of a pilot run, or 'simulated'. Default: the run's "
+                   "data/07_model_output/estimation_result.pkl when it exists, else the simulated world.")
+@click.option("--prompt-cost", type=float, default=None,
+              help="API cost per prompt (all policies, teacher forcing, judging). Default: the dry run's "
+                   "estimate (`kedro cje-dry-run`) from backend prices; required when those are 0.")
+@click.option("--label-price", type=float, default=None, help="Price per vote. Default: labeling.price_per_label.")
+@click.option("--votes", type=int, default=None, help="Votes per label. Default: labeling.votes_per_item.")
+@click.option("--power", type=float, default=0.8, show_default=True, help="Power of the minimum detectable effect.")
+@click.option("--partitions", type=int, default=4, show_default=True,
+              help="Fold partitions of the simulated pilot (averages the jackknife's noise).")
+@click.option("--params", "extra_params", type=click.UNPROCESSED, default="", callback=_split_params,
+              help="Parameter overrides as for `kedro run --params`.")
+def cje_plan_command(env: str | None, budgets: tuple[float, ...], comparisons: tuple[str, ...], estimator: str,
+                     pilot: str | None, prompt_cost: float | None, label_price: float | None, votes: int | None,
+                     power: float, partitions: int, extra_params: dict[str, Any]) -> None:
+    """Plan prompts, calibration labels and probe labels for a budget; print half-width and MDE. Needs no labels."""
+    from arena_cje.cje.planning import CostModel, fit_variance_model, plan_table
+
+    session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
+    context = session.load_context()
+    params = dict(context.params)
+    labeling = params.get("labeling") or {}
+    logging = str(params["logging_policy"])
+    targets = [p for p in params["policies"] if p != logging]
+    probe_size = int(labeling.get("probe_size", 0) or 0)
+    if prompt_cost is None:
+        n = int(params["prompts"]["output_samples"])
+        rows = plan_run(params)
+        prompt_cost = sum(r.max_cost_usd for r in rows if r.stage in ("generate", "teacher_force", "judge")) / max(n, 1)
+        if prompt_cost == 0:
+            raise click.ClickException("the dry run prices every API call at 0 (backend without `prices`, e.g. the "
+                                       "simulated one): pass --prompt-cost (e.g. --env fireworks, or --prompt-cost 0.01)")
+    cost_model = CostModel(prompt_cost=float(prompt_cost),
+                           label_price=float(labeling.get("price_per_label", 0.0) if label_price is None else label_price),
+                           votes_per_label=int(labeling.get("votes_per_item", 1) if votes is None else votes),
+                           n_probe_policies=len(targets) if probe_size > 0 else 0)
+    results, source = _plan_pilot(context, params, pilot, estimator, partitions)
+    comps = list(comparisons) or [f"{t}-{logging}" for t in targets]
+    try:
+        model = fit_variance_model(results, comparisons=comps, estimators=[estimator])
+        alpha = float((params.get("estimation") or {}).get("alpha", 0.05))
+        min_labels = int(((params.get("estimation") or {}).get("gates") or {}).get("min_labels", 20))
+        table = plan_table(budgets, cost_model, model, comps, estimator, alpha, power, min_labels=min_labels,
+                           min_probe_labels=probe_size)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"variance model from the {source}; estimator {estimator}")
+    click.echo(f"costs: ${cost_model.prompt_cost:.4f} per prompt, ${cost_model.label_cost:.2f} per label "
+               f"({cost_model.votes_per_label} votes x ${cost_model.label_price:.2f}), probe labels for "
+               f"{cost_model.n_probe_policies} policies (at least {probe_size} each)")
+    for line in format_plan_table(table, alpha, power):
+        click.echo(line)
+
+
+def format_plan_table(table: Any, alpha: float, power: float) -> list[str]:
+    """The planner's table as fixed-width lines."""
+    header = (f"{'comparison':24s} {'budget':>9s} {'prompts':>8s} {'labels':>7s} {'probe/pol':>9s} {'cost':>9s} "
+              f"{'half-width':>10s} {'MDE':>7s}")
+    lines = [header, "-" * len(header)]
+    for r in table.itertuples():
+        lines.append(f"{r.comparison:24s} {r.budget:9.2f} {r.n_prompts:8d} {r.calibration_labels:7d} {r.probe_labels:9d} "
+                     f"{r.cost:9.2f} {r.half_width:10.4f} {r.mde:7.4f}")
+    lines.append(f"half-width = predicted mean {100 * (1 - alpha):.0f}% CI half-width; MDE = smallest true difference "
+                 f"detected with {100 * power:.0f}% power (see docs/planning.md)")
+    return lines

@@ -187,11 +187,12 @@ def test_report_has_every_section_with_content(run):
 
 
 def budget(result, estimates):
-    """The planner table for each policy's speaking estimator at the result's own alpha."""
-    from arena_cje.report.build import plan_label_budget_for_verdicts
+    """The budget planner's table for each policy's speaking estimator."""
+    from arena_cje.report.budget import plan_budget_table
 
     verdicts = policy_verdicts(estimates, result.differences, "pi_0", result.transport_table)
-    return plan_label_budget_for_verdicts(result.estimates, verdicts, (0.03, 0.02, 0.01), result.config.alpha)
+    return plan_budget_table(result, verdicts, "pi_0", {"plan_prompt_cost": 0.01, "plan_budget_multiples": [1, 2]},
+                             {"price_per_label": 0.1, "votes_per_item": 3})
 
 
 def test_report_states_the_level_the_estimates_were_made_at(run):
@@ -219,10 +220,11 @@ def test_report_states_the_level_the_estimates_were_made_at(run):
 def test_budget_for_no_speaking_estimator_keeps_its_columns():
     import pandas as pd
 
-    from arena_cje.report.build import plan_label_budget_for_verdicts
+    from arena_cje.report.budget import plan_budget_table
 
     verdicts = pd.DataFrame({"policy": [], "estimator": []})
-    plan = plan_label_budget_for_verdicts(None, verdicts, (0.03, 0.01), 0.05)
+    plan = plan_budget_table(None, verdicts, "pi_0", {"plan_prompt_cost": 0.01, "plan_budget_multiples": [1]},
+                             {"price_per_label": 0.1, "votes_per_item": 3})
     assert len(plan) == 0 and len(plan.columns) > 0  # an empty CSV with a header, readable again
 
 

@@ -1,9 +1,18 @@
-"""Label-budget planner: oracle labels needed for a target confidence-interval half-width."""
+"""Label-budget planners for the report.
+
+* :func:`plan_budget_table` (the report's ``label_budget`` table): the planner with costs of
+  :mod:`arena_cje.cje.planning` fitted to the run: prompts, calibration and probe labels that minimise
+  each comparison's half-width within a budget, and the minimum detectable effect.
+* :func:`plan_label_budget` / :func:`predicted_half_width` (the first planner, kept for the notebook's
+  what-if): oracle labels needed for a target half-width when only the OUA part shrinks with labels;
+  it underestimates half-widths with fewer labels (see :mod:`arena_cje.cje.planning`).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -118,3 +127,77 @@ def compare_half_widths(now: pd.DataFrame, what_if: pd.DataFrame, alpha: float =
             "realised_over_predicted": realised / predicted,
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+PLAN_COLUMNS = [
+    "policy", "baseline", "estimator", "comparison", "half_width_now", "budget", "n_prompts", "calibration_labels",
+    "probe_labels", "cost", "half_width", "mde", "note",
+]
+
+
+def plan_budget_table(
+    estimation_result: Any, speaking: pd.DataFrame, logging_policy: str, report: Mapping[str, Any],
+    labeling: Mapping[str, Any],
+) -> pd.DataFrame:
+    """The planner with costs (:mod:`arena_cje.cje.planning`) fitted to this run, for the report.
+
+    For each policy's speaking estimator: its level and, for a target, its difference from the logging
+    policy, at budgets = this run's own cost x ``report.plan_budget_multiples``. Costs:
+    ``report.plan_prompt_cost`` per prompt (the API cost of generating, teacher-forcing and judging one prompt under every policy: ``kedro cje-dry-run`` prints
+    it) and ``labeling.price_per_label`` x ``labeling.votes_per_item`` per label. Alpha and the label
+    floor are the ones the estimates were made with (``estimation_result.config``).
+
+    Args:
+        estimation_result: The run's ``EstimationResult`` (the pilot).
+        speaking: ``policy``, ``estimator`` of each policy's verdict.
+        logging_policy: The baseline of the difference comparisons.
+        report: ``report`` parameters (``plan_prompt_cost``, ``plan_budget_multiples``).
+        labeling: ``labeling`` parameters (``price_per_label``, ``votes_per_item``).
+
+    Returns:
+        One row per (comparison, budget): :data:`PLAN_COLUMNS` (empty with its header when nothing can be planned).
+    """
+    from arena_cje.cje.planning import Comparison, CostModel, fit_variance_model, minimum_detectable_effect
+
+    empty = pd.DataFrame(columns=PLAN_COLUMNS)
+    res = estimation_result
+    if res is None or getattr(res, "calibration", None) is None or not getattr(res, "outputs", None) or not len(speaking):
+        return empty
+    config = res.config
+    alpha, logging = config.alpha, logging_policy
+    probe_n = [a.n_probe for a in (res.transport or {}).values()]
+    probe_size = int(max(probe_n)) if probe_n else 0
+    n_run = int(res.estimates["n"].max())
+    cm = CostModel(prompt_cost=float(report["plan_prompt_cost"]), label_price=float(labeling["price_per_label"]),
+                   votes_per_label=int(labeling["votes_per_item"]), n_probe_policies=len(probe_n))
+    run_cost = cm.cost(n_run, res.calibration.n_labelled, probe_size)
+    budgets = [run_cost * float(k) for k in report["plan_budget_multiples"]]
+    rows = []
+    ci = res.estimates.assign(hw=(res.estimates["ci_upper"] - res.estimates["ci_lower"]) / 2)
+    diffs = res.differences.assign(hw=(res.differences["ci_upper"] - res.differences["ci_lower"]) / 2) \
+        if len(res.differences) else pd.DataFrame(columns=["policy", "baseline", "estimator", "hw"])
+    for policy, estimator in speaking[["policy", "estimator"]].drop_duplicates().itertuples(index=False):
+        comps = [Comparison(policy)] + ([Comparison(policy, logging)] if policy != logging else [])
+        for c in comps:
+            if c.baseline is None:
+                now = ci[(ci["policy"] == policy) & (ci["estimator"] == estimator)]["hw"]
+            else:
+                pair = ((diffs["policy"] == policy) & (diffs["baseline"] == logging)) | (
+                    (diffs["policy"] == logging) & (diffs["baseline"] == policy))  # stored in either orientation
+                now = diffs[pair & (diffs["estimator"] == estimator)]["hw"]
+            try:
+                model = fit_variance_model(res, comparisons=[c], estimators=[estimator])
+                plans = [minimum_detectable_effect(b, cm, model, c, estimator, alpha,
+                                                   min_labels=config.gates.min_labels,
+                                                   min_probe_labels=probe_size) for b in budgets]
+            except (KeyError, ValueError) as exc:
+                rows.append({"policy": policy, "baseline": c.baseline, "estimator": estimator, "comparison": c.label,
+                             "note": str(exc)})
+                continue
+            for b, p in zip(budgets, plans, strict=True):
+                rows.append({"policy": policy, "baseline": c.baseline, "estimator": estimator, "comparison": c.label,
+                             "half_width_now": float(now.iloc[0]) if len(now) else np.nan, "budget": b,
+                             "n_prompts": p.n_prompts, "calibration_labels": p.calibration_labels,
+                             "probe_labels": p.probe_labels, "cost": p.cost, "half_width": p.half_width, "mde": p.mde,
+                             "note": "this run's cost" if b == budgets[0] else ""})
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)

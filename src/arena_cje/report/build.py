@@ -10,7 +10,6 @@ import pandas as pd
 
 from arena_cje.cje.config import EstimationConfig
 
-from .budget import plan_label_budget
 from .document import Figure, Section, render_html, render_markdown
 from .figures import plot_calibration, plot_differences, plot_forest, plot_weight_diagnostics
 from .tables import differences_vs_baseline, flatten_parameters
@@ -21,24 +20,6 @@ SECTION_IDS = (
     "verdicts", "estimates", "differences", "calibration", "weights", "transport", "budget", "stages",
     "teacher_forcing", "labeling", "configuration",
 )
-
-
-def plan_label_budget_for_verdicts(
-    estimates: pd.DataFrame | None, verdicts: pd.DataFrame, target_half_widths: Sequence[float], alpha: float
-) -> pd.DataFrame:
-    """The planner (:func:`plan_label_budget`) for each policy's speaking estimator only.
-
-    Args:
-        estimates: ``EstimationResult.estimates`` (with ``var_if``, ``var_oua``).
-        verdicts: :func:`policy_verdicts` (which estimator speaks for each policy).
-        target_half_widths: CI half-widths to plan for (``report.target_half_widths``).
-        alpha: The level the intervals were computed at (``EstimationResult.config.alpha``).
-    """
-    plan = plan_label_budget(estimates, tuple(target_half_widths), alpha=alpha)
-    speaking = set(zip(verdicts["policy"], verdicts["estimator"], strict=True))
-    keep = pd.Series([(p, e) in speaking for p, e in zip(plan["policy"], plan["estimator"], strict=True)],
-                     index=plan.index, dtype=bool)  # a Series: an empty list would select columns
-    return plan.loc[keep].reset_index(drop=True)
 
 
 def estimation_config(estimation_result: Any) -> EstimationConfig:
@@ -88,7 +69,7 @@ def build_report(
         stage_summary: Per stage and policy counts, failures, cost (:func:`tables.stage_summary`).
         prompt_filter_report: What the prompt filters removed.
         labeling_summary: Labels collected vs needed, agreement, QC, cost (optional).
-        label_budget: Planner table (:func:`plan_label_budget_for_verdicts`), if one was planned.
+        label_budget: Budget planner table (:func:`arena_cje.report.budget.plan_budget_table`), if one was planned.
         comparisons: Every pairwise comparison (``EstimationResult.comparisons``); taken from
             ``estimation_result`` if omitted.
         decisions: Best policy / runner-up per estimator (``EstimationResult.decisions``); taken
@@ -213,10 +194,12 @@ def build_report(
                 else ["Gates: every estimate passed."])
     sections.append(Section("transport", "Transport audit and gates", tblocks))
 
-    sections.append(Section("budget", "Label-budget planner", [
-        "Oracle labels needed for a target CI half-width, assuming the calibration (OUA) variance shrinks "
-        "like 1/labels while the prompt-sampling variance stays (see arena_cje.report.budget).",
-        ("No label budget was planned for this run." if label_budget is None
+    sections.append(Section("budget", "Budget planner", [
+        "Prompts, calibration labels and probe labels per policy that minimise each comparison's CI half-width "
+        "within a budget (this run's cost and multiples of it), with the minimum detectable effect at 80% power; "
+        "the variance model is fitted to this run (arena_cje.cje.planning, docs/planning.md). "
+        "`kedro cje-plan --budget B` plans any budget.",
+        ("No budget was planned for this run." if label_budget is None
          else label_budget if len(label_budget) else "No calibrated estimate to plan for."),
     ]))
 

@@ -20,7 +20,8 @@ from arena_cje.report import (
     policy_verdicts,
     stage_summary,
 )
-from arena_cje.report.build import estimation_config, plan_label_budget_for_verdicts
+from arena_cje.report.budget import plan_budget_table
+from arena_cje.report.build import estimation_config
 
 
 def plot_calibration_node(estimation_result: Any) -> plt.Figure:
@@ -53,20 +54,21 @@ def summarise_stages(
 
 def plan_label_budget_node(
     estimation_result: Any, policy_estimates: pd.DataFrame, policy_differences: pd.DataFrame,
-    logging_policy: str, report: dict[str, Any],
+    logging_policy: str, report: dict[str, Any], labeling: dict[str, Any],
 ) -> pd.DataFrame:
-    """Label budget for each policy's speaking estimator (the one its verdict uses).
+    """Budget plan (prompts, labels, probe labels, half-width, MDE) for each policy's speaking estimator.
 
     Args:
-        estimation_result: The run's :class:`arena_cje.cje.EstimationResult` (its ``config.alpha``).
+        estimation_result: The run's :class:`arena_cje.cje.EstimationResult` (the pilot the variance
+            model is fitted to; its ``config`` gives alpha and the label floor).
         policy_estimates: The estimates table.
         policy_differences: The paired differences table.
         logging_policy: ``logging_policy`` parameter (the verdicts' baseline).
-        report: ``report`` parameters (``target_half_widths``).
+        report: ``report`` parameters (``plan_prompt_cost``, ``plan_budget_multiples``).
+        labeling: ``labeling`` parameters (``price_per_label``, ``votes_per_item``).
     """
     verdicts = policy_verdicts(policy_estimates, policy_differences, logging_policy, estimation_result.transport_table)
-    return plan_label_budget_for_verdicts(estimation_result.estimates, verdicts, report["target_half_widths"],
-                                          estimation_config(estimation_result).alpha)
+    return plan_budget_table(estimation_result, verdicts, logging_policy, report, labeling)
 
 
 def write_report(

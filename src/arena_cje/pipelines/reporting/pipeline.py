@@ -58,7 +58,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="summarise_stages"),
             Node(plan_label_budget_node,
                  ["estimation_result", "policy_estimates", "policy_differences", "params:logging_policy",
-                  "params:report"],
+                  "params:report", "params:labeling"],
                  "label_budget", name="plan_label_budget"),
             Node(write_report, {**REPORT_INPUTS, **CONFIGURATION_BLOCKS}, ["report_html", "report_markdown"],
                  name="write_report"),
