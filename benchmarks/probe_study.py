@@ -78,7 +78,8 @@ def _one(d: int) -> pd.DataFrame:
     rows = []
     for label, rule in RULES.items():
         if rule is None:
-            est = pre.estimates.assign(level_source="borrowed", probe_weight=0.0)
+            est = pre.estimates.assign(level_source="borrowed", probe_weight=0.0, borrowed_estimate=pre.estimates["estimate"],
+                                       corrected_estimate=np.nan)
             # Without probes REFUSE-LEVEL refuses the level (with one it only forces the probe-corrected value).
             forced = [pre.statuses[(r.policy, r.estimator)].force_probe for r in est.itertuples()]
             est["status"] = np.where(forced, "refused", est["status"])
@@ -91,6 +92,7 @@ def _one(d: int) -> pd.DataFrame:
             rows.append({"draw": d, "rule": label, "policy": r.policy, "estimator": r.estimator,
                          "estimate": r.estimate, "ci_lower": r.ci_lower, "ci_upper": r.ci_upper, "status": r.status,
                          "level_source": r.level_source, "probe_weight": r.probe_weight,
+                         "borrowed": r.borrowed_estimate, "corrected": r.corrected_estimate,
                          "audit": "NOT_CHECKED" if a is None else a.state,
                          "audit_legacy_fail": bool(a is not None and a.legacy_failed)})
     out = pd.DataFrame(rows)
@@ -135,8 +137,8 @@ def main() -> None:
     labelled = logged.loc[logged["oracle_label"].notna(), "metadata"].map(lambda m: m["prompt_id"]).to_numpy()
     cache = None
     if a.cache is not None:
-        # The key covers the settings and the estimation code, so a changed rule never reuses stale rows.
-        src = b"".join(f.read_bytes() for f in sorted(Path(cje_pkg.__file__).parent.glob("*.py")))
+        # The key covers the settings, this script and the estimation code, so a changed rule never reuses stale rows.
+        src = b"".join(f.read_bytes() for f in [Path(__file__), *sorted(Path(cje_pkg.__file__).parent.glob("*.py"))])
         key = hashlib.sha1(f"{a.probe_size}|{sorted(a.estimators)}|".encode() + src).hexdigest()[:12]
         cache = a.cache / key
         cache.mkdir(parents=True, exist_ok=True)
