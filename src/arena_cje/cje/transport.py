@@ -68,11 +68,13 @@ Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of
 * ``graded``: FAIL, or REFUSE-LEVEL fired on the borrowed level (>= 5% of the policy's judge scores
   outside the calibrated range, ``api.py``) -> C (``probe_corrected``, status ``warning``); PASS ->
   theta_lambda (``combined``); INCONCLUSIVE / NOT_GRADED -> ``transport_shrinkage``: ``mse`` = theta_lambda
-  as for PASS, or ``pooled`` = the empirical-Bayes shrinkage (``shrunk``): the policies' gaps d_p
-  are treated as draws from a prior of variance tau^2 estimated by the method of moments over the
-  audited policies of the estimator that did not FAIL, tau2_hat = max(0, mean_p (d_hat_p^2 - V_d,p)),
-  and lambda_p = lambda*(b^2 = tau2_hat); the interval adds (1 - lambda)^2 tau2_hat, the prior-averaged
-  squared bias left in the value.
+  as for PASS, or ``pooled`` = an empirical-Bayes shrinkage (``shrunk``): the policies' gaps are
+  treated as draws from a prior of variance tau^2, estimated by the method of moments over the
+  policies of the estimator whose borrowed level may be reported (no FAIL, no REFUSE-LEVEL),
+  tau2_hat = max(0, mean_p (d_hat_p^2 - V_d,p)); policy p uses b_p^2 = min(b2_hat_p, tau2_hat) in
+  lambda* (its own revealed squared gap, capped by the family's: with two or three policies the
+  pooled moment is itself noisy, and one adversarial policy would otherwise pull every benign
+  policy's weight toward its probe), and the interval adds (1 - lambda)^2 b_p^2.
 * ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
   delta = 0 rejects (``TransportAudit.legacy_failed``) or REFUSE-LEVEL fired, theta_lambda otherwise.
 * ``ppi``: the PPI++ level (Angelopoulos, Duchi & Zrnic 2023) whatever the audit says:
@@ -710,10 +712,11 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         c = probe_corrected(direct, probe, r, rk, design)
         b = Contributions(out.estimate, out.psi, out.oua_replicates)
         pending.append(_Pending(i, policy, name, out, c, level_moments(b, c), design, r, rk, direct, probe))
-    # Empirical-Bayes prior of the transport gaps, per estimator, over the policies the audit did not fail.
-    tau2 = {name: pooled_bias_sq([q.moments for q in pending if q.name == name
-                                  and (audits.get(q.policy) is None or audits[q.policy].state != FAIL)])
-            for name in {q.name for q in pending}}
+    # Empirical-Bayes prior of the transport gaps, per estimator, over the policies whose borrowed level
+    # may be reported at all (the rule would not force the probe-corrected value: no FAIL, no REFUSE-LEVEL).
+    eligible = [q for q in pending if _rule_for(rule, shrinkage, audits.get(q.policy), statuses[(q.policy, q.name)].force_probe)
+                != "corrected"]
+    tau2 = {name: pooled_bias_sq([q.moments for q in eligible if q.name == name]) for name in {q.name for q in pending}}
     for q in pending:
         policy, name, out, i = q.policy, q.name, q.out, q.i
         st = statuses[(policy, name)]
@@ -736,8 +739,11 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
             rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha, force_corrected=True,
                                  moments=q.moments)
         elif which == "shrunk":
-            rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha, bias_sq=tau2[name],
-                                 source="shrunk", moments=q.moments)
+            # The smaller of the policy's own revealed squared gap and the family's prior variance: an
+            # unlucky probe cannot pull the weight beyond what the family supports, nor another policy's
+            # large gap beyond what this policy's own probe shows.
+            rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha,
+                                 bias_sq=min(q.moments.b2, tau2[name]), source="shrunk", moments=q.moments)
         else:
             rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha, moments=q.moments)
         if audit is not None and which != "ppi" and (audit.state == FAIL if rule == "graded" else audit.legacy_failed):
