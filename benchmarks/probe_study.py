@@ -14,7 +14,9 @@ graded audits, every estimator, gates), then every rule applied to that same fit
 * ``graded_mse`` / ``graded_pooled``: ``transport_rule: graded`` (FAIL -> probe-corrected, PASS ->
   combined, INCONCLUSIVE / NOT_GRADED -> shrinkage with the policy's own MSE-optimal weight, or the
   empirical-Bayes weight pooled over the audited policies);
-* ``ppi``: ``transport_rule: ppi`` (PPI++ power-tuned level).
+* ``graded_pooled_tuned``: ``graded_pooled`` with the PPI++ weight inside the probe correction
+  (``transport_correction_weight: tuned``);
+* ``ppi``: ``transport_rule: ppi`` (the PPI++ power-tuned level whatever the audit says).
 
 Truth = mean of the 500 ground-truth labels per target (read only to score). Per target, estimator
 and rule: RMSE, 95th percentile of |error|, max |error|, coverage of the 95% CI, share of draws
@@ -48,9 +50,10 @@ from arena_cje.cje.transport import AUDIT_STATES, apply_transport_rule  # noqa: 
 
 _STATE: dict = {}
 COVARIATES = ("response_length", "prompt_length")
-#: rule label -> (transport_rule, transport_shrinkage); None = borrowed only.
-RULES = {"borrowed_only": None, "today": ("correct", "mse"), "graded_mse": ("graded", "mse"),
-         "graded_pooled": ("graded", "pooled"), "ppi": ("ppi", "mse")}
+#: rule label -> (transport_rule, transport_shrinkage, transport_correction_weight); None = borrowed only.
+RULES = {"borrowed_only": None, "today": ("correct", "mse", "one"), "graded_mse": ("graded", "mse", "one"),
+         "graded_pooled": ("graded", "pooled", "one"), "graded_pooled_tuned": ("graded", "pooled", "tuned"),
+         "ppi": ("ppi", "mse", "tuned")}
 
 
 def _draw(d: int) -> tuple[pd.DataFrame, dict, dict]:
@@ -84,7 +87,8 @@ def _one(d: int) -> pd.DataFrame:
             forced = [pre.statuses[(r.policy, r.estimator)].force_probe for r in est.itertuples()]
             est["status"] = np.where(forced, "refused", est["status"])
         else:
-            pre.ctx.config = replace(cfg, transport_rule=rule[0], transport_shrinkage=rule[1])
+            pre.ctx.config = replace(cfg, transport_rule=rule[0], transport_shrinkage=rule[1],
+                                     transport_correction_weight=rule[2])
             pre.ctx.outputs = dict(base_outputs)
             est = apply_transport_rule(pre.ctx, pre.estimates, pre.audits, copy.deepcopy(pre.statuses))
         for r in est[est.policy.isin(TARGETS)].itertuples():

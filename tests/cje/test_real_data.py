@@ -40,8 +40,8 @@ def result():
 def test_graded_audit_and_rule_on_the_sample():
     res = _estimate("graded")
     a = res.transport
-    # unhelpful's residual (about -0.27 on 100 probe rows) is far beyond +/-0.05; the benign policies'
-    # 100-row probes cannot establish equivalence at +/-0.05 after Holm, nor a gap beyond it.
+    # unhelpful's residual (about -0.17 on its 50 probe rows) is far beyond +/-0.05; the benign policies'
+    # 50-row probes cannot establish equivalence at +/-0.05 after Holm, nor a gap beyond it.
     assert a["unhelpful"].state == "FAIL" and a["unhelpful"].p_beyond_margin_adj < 0.05
     e = res.estimates.set_index(["policy", "estimator"])
     for name in ("direct", "stacked_dr"):

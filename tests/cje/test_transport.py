@@ -319,7 +319,7 @@ def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
     data = CJEDataset.from_frames(d.logged, d.fresh, d.probes)
     res = estimate_policies(data, EstimationConfig(estimators=("direct",), transport_rule="ppi"))
     row = res.estimates.set_index("policy").loc["pi_hot"]
-    assert row.level_source == "ppi" and 0.0 <= row.probe_weight <= 1.0
+    assert row.level_source == "ppi" and row.probe_weight == 1.0 and 0.0 <= row.correction_weight <= 1.0
     from arena_cje.cje.estimators import EstimationContext, run_estimator
 
     cal = fit_calibration(data.logged, 5, "isotonic", data.covariates)
@@ -327,7 +327,8 @@ def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
     direct, probe = run_estimator(ctx, "pi_hot", "direct"), data.probes["pi_hot"]
     r, rk = probe_residuals(ctx, probe)
     y = probe["oracle_label"].to_numpy(dtype=float)
-    lam = row.probe_weight
+    lam = row.correction_weight
+    assert row.corrected_estimate == pytest.approx(row.estimate, abs=1e-12)
     assert row.estimate == pytest.approx(lam * direct.estimate + np.mean(y - lam * (y - r)), abs=1e-12)
     assert probe_corrected(direct, probe, r, rk, weight=0.0).estimate == pytest.approx(y.mean(), abs=1e-12)
     assert probe_corrected(direct, probe, r, rk, weight=1.0).estimate == pytest.approx(direct.estimate + r.mean(), abs=1e-12)

@@ -12,6 +12,7 @@ ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr"
 CALIBRATORS = ("isotonic", "two_stage", "auto")
 TRANSPORT_RULES = ("refuse", "correct", "graded", "ppi")
 TRANSPORT_SHRINKAGE = ("mse", "pooled")
+CORRECTION_WEIGHTS = ("one", "tuned")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,12 @@ class EstimationConfig:
             audit says; ``refuse``: a FAIL refuses the policy's calibrated rows.
         transport_shrinkage: Weight of the probe-corrected value for INCONCLUSIVE / NOT_GRADED under
             ``graded``: ``mse`` (this policy's own MSE-optimal weight, as for PASS) or ``pooled``
-            (empirical-Bayes prior of the gaps pooled over the audited policies that did not FAIL).
+            (empirical-Bayes prior of the gaps pooled over the policies whose borrowed level may be
+            reported, capped by the policy's own revealed gap).
+        transport_correction_weight: Weight lam on the calibrated prediction inside the probe
+            correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
+            ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
+            ``transport.ppi_weight``); rule ``ppi`` always uses ``tuned``.
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.
@@ -93,6 +99,7 @@ class EstimationConfig:
     transport_min_clusters: float = 20.0
     transport_rule: str = "correct"
     transport_shrinkage: str = "pooled"
+    transport_correction_weight: str = "one"
     baseline: str | None = None
     reliability_bins: int = 10
     gates: Gates = field(default_factory=Gates)
@@ -117,6 +124,9 @@ class EstimationConfig:
         if self.transport_shrinkage not in TRANSPORT_SHRINKAGE:
             raise ValueError(f"estimation.transport_shrinkage must be one of {list(TRANSPORT_SHRINKAGE)}, "
                              f"got {self.transport_shrinkage!r}")
+        if self.transport_correction_weight not in CORRECTION_WEIGHTS:
+            raise ValueError(f"estimation.transport_correction_weight must be one of {list(CORRECTION_WEIGHTS)}, "
+                             f"got {self.transport_correction_weight!r}")
         if not float(self.transport_margin) > 0:
             raise ValueError(f"estimation.transport_margin must be > 0, got {self.transport_margin}")
         if float(self.transport_min_clusters) < 2:

@@ -107,7 +107,7 @@ from arena_cje.cje.inference import cluster_covariance, jackknife_covariance, ja
 
 LEVEL_ESTIMATORS = ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 TRANSPORT_COLUMNS = ["level_source", "borrowed_estimate", "corrected_estimate", "corrected_std_error", "probe_weight",
-                     "transport_bias_sq", "var_transport"]
+                     "correction_weight", "transport_bias_sq", "var_transport"]
 
 
 @dataclass(frozen=True)
@@ -621,7 +621,12 @@ def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
 
 @dataclass
 class _Pending:
-    """A borrowed level row with a probe, waiting for the rule (two passes: the pooled prior needs all)."""
+    """A borrowed level row with a probe, waiting for the rule (two passes: the pooled prior needs all).
+
+    ``c`` is the probe-based level the rule uses: C (correction weight 1) or the PPI++ level
+    (``ppi_lam`` < 1; rule ``ppi`` or ``transport_correction_weight: tuned``); ``probe_var`` the
+    variance of its probe mean.
+    """
 
     i: int
     policy: str
@@ -631,9 +636,8 @@ class _Pending:
     moments: LevelMoments
     design: ProbeDesign
     r: np.ndarray
-    rk: np.ndarray | None
-    direct: EstimatorOutput
-    probe: pd.DataFrame
+    probe_var: float
+    ppi_lam: float
 
 
 def _rule_for(rule: str, shrinkage: str, audit: TransportAudit | None, force_probe: bool) -> str:
@@ -709,9 +713,18 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
             r, rk = probe_residuals(ctx, probe)
             residuals[policy] = (r, rk, probe_design(probe, f"probes[{policy}]"))
         r, rk, design = residuals[policy]
-        c = probe_corrected(direct, probe, r, rk, design)
+        lam, why = 1.0, "one"
+        if rule == "ppi" or ctx.config.transport_correction_weight == "tuned":
+            y = probe["oracle_label"].to_numpy(dtype=float)
+            lam, why = ppi_weight(y, y - r, design.weights, probe["prompt_id"].to_numpy(dtype=object),
+                                  len(ctx.data.fresh[policy]), _independent_probe_rows(probe, ctx.data.fresh.get(policy)))
+            if why != "tuned":
+                st.reasons.append(f"PPI++ weight fell back to 1 ({why})")
+        c = probe_corrected(direct, probe, r, rk, design, weight=lam)
+        # Variance of the probe mean of Y - lam f(S) = (1 - lam) Y + lam r (the df split of the interval).
+        probe_var = design.variance(r if lam == 1.0 else (1 - lam) * probe["oracle_label"].to_numpy(dtype=float) + lam * r)
         b = Contributions(out.estimate, out.psi, out.oua_replicates)
-        pending.append(_Pending(i, policy, name, out, c, level_moments(b, c), design, r, rk, direct, probe))
+        pending.append(_Pending(i, policy, name, out, c, level_moments(b, c), design, r, probe_var, lam))
     # Empirical-Bayes prior of the transport gaps, per estimator, over the policies whose borrowed level
     # may be reported at all (the rule would not force the probe-corrected value: no FAIL, no REFUSE-LEVEL).
     eligible = [q for q in pending if _rule_for(rule, shrinkage, audits.get(q.policy), statuses[(q.policy, q.name)].force_probe)
@@ -724,28 +737,17 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         which = _rule_for(rule, shrinkage, audit, st.force_probe)
         b = q.moments.b
         m = q.design.df + 1
-        if which == "ppi":
-            y = q.probe["oracle_label"].to_numpy(dtype=float)
-            lam, why = ppi_weight(y, y - q.r, q.design.weights, q.probe["prompt_id"].to_numpy(dtype=object),
-                                  len(ctx.data.fresh[policy]), _independent_probe_rows(q.probe, ctx.data.fresh.get(policy)))
-            cp = probe_corrected(q.direct, q.probe, q.r, q.rk, q.design, weight=lam)
-            rl = (1 - lam) * y + lam * q.r
-            rep = combine_levels(b, cp, m, q.design.variance(rl), ctx.K, ctx.config.alpha, force_corrected=True,
-                                 source="ppi")
-            rep = replace(rep, weight=lam, corrected=q.c.estimate)
-            if why != "tuned":
-                st.reasons.append(f"PPI++ weight fell back to 1 ({why})")
-        elif which == "corrected":
-            rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha, force_corrected=True,
-                                 moments=q.moments)
+        if which in ("ppi", "corrected"):
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, force_corrected=True,
+                                 source="ppi" if which == "ppi" else "probe_corrected", moments=q.moments)
         elif which == "shrunk":
             # The smaller of the policy's own revealed squared gap and the family's prior variance: an
             # unlucky probe cannot pull the weight beyond what the family supports, nor another policy's
             # large gap beyond what this policy's own probe shows.
-            rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha,
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha,
                                  bias_sq=min(q.moments.b2, tau2[name]), source="shrunk", moments=q.moments)
         else:
-            rep = combine_levels(b, q.c, m, q.design.variance(q.r), ctx.K, ctx.config.alpha, moments=q.moments)
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, moments=q.moments)
         if audit is not None and which != "ppi" and (audit.state == FAIL if rule == "graded" else audit.legacy_failed):
             st.warned = True
             why = ("" if rule == "graded" else "|mean residual| > margin and its t test rejects; graded ")
@@ -753,13 +755,13 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
                               f"(borrowed {out.estimate:.3f})")
         est.loc[i, ["estimate", "std_error", "ci_lower", "ci_upper", "df", "var_if", "var_oua", "var_transport"]] = [
             rep.estimate, rep.std_error, rep.ci_lower, rep.ci_upper, rep.df, rep.var_if, rep.var_oua, rep.var_transport]
-        est.loc[i, ["level_source", "corrected_estimate", "corrected_std_error", "probe_weight", "transport_bias_sq"]] = [
-            rep.source, rep.corrected, rep.corrected_se, rep.weight, rep.bias_sq]
+        est.loc[i, ["level_source", "corrected_estimate", "corrected_std_error", "probe_weight", "correction_weight",
+                    "transport_bias_sq"]] = [rep.source, rep.corrected, rep.corrected_se, rep.weight, q.ppi_lam, rep.bias_sq]
         est.at[i, "status"], est.at[i, "reasons"] = st.status, "; ".join(st.reasons)
         k = rep.contributions
         ctx.outputs[(policy, name)] = EstimatorOutput(
             policy, name, k.estimate, k.psi, k.replicates, oracle_n=out.oracle_n + len(q.r), uses_weights=out.uses_weights,
             reasons=list(st.reasons), warned=st.warned, extras={**out.extras, "level_source": rep.source,
-                                                               "probe_weight": rep.weight})
+                                                               "probe_weight": rep.weight, "ppi_weight": q.ppi_lam})
         est.at[i, "oracle_n"] = out.oracle_n + len(q.r)
     return est
