@@ -253,8 +253,10 @@ def test_graded_rule_sources_per_state():
     hot = e.loc[("pi_hot", "direct")]
     assert hot.level_source == ("combined" if a["pi_hot"].state == "PASS" else "shrunk")
     assert 0.0 <= hot.probe_weight <= 1.0 and hot.status == "ok"
-    # The bias term never exceeds the squared gap this policy's own probe shows.
+    # The weight's bias term never exceeds the squared gap this policy's own probe shows; the interval's is
+    # at least as large.
     assert hot.transport_bias_sq <= (hot.corrected_estimate - hot.borrowed_estimate) ** 2 + 1e-15
+    assert hot.var_transport >= (1 - hot.probe_weight) ** 2 * hot.transport_bias_sq - 1e-15
     assert hot.ci_lower <= true_value("pi_hot") <= hot.ci_upper
     # The report table: one row per policy with its state.
     assert set(res.transport_table["state"]) == {"FAIL", "NOT_CHECKED", a["pi_hot"].state}

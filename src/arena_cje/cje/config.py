@@ -65,7 +65,8 @@ class EstimationConfig:
             this: the audit is ``NOT_GRADED``.
         transport_rule: What a borrowed level row (direct, DR family) of a policy with a probe reports
             (``arena_cje.cje.transport``; rows without a probe are warned under every rule but ``refuse``):
-            ``graded``: FAIL -> probe-corrected, PASS -> the bias-aware (MSE-optimal) combination,
+            ``graded`` (default, chosen by ``benchmarks/probe_study.py``, see docs/statistics.md):
+            FAIL -> probe-corrected, PASS -> the bias-aware (MSE-optimal) combination,
             INCONCLUSIVE / NOT_GRADED -> the shrinkage ``transport_shrinkage``; ``correct``: the
             two-state rule of before (probe-corrected when |mean residual| > margin and its t test
             rejects, the combination otherwise); ``ppi``: the PPI++ power-tuned level whatever the
@@ -97,7 +98,7 @@ class EstimationConfig:
     seed: int = 0
     transport_margin: float = 0.05
     transport_min_clusters: float = 20.0
-    transport_rule: str = "correct"
+    transport_rule: str = "graded"
     transport_shrinkage: str = "pooled"
     transport_correction_weight: str = "one"
     baseline: str | None = None

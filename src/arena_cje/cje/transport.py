@@ -71,10 +71,11 @@ Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of
   as for PASS, or ``pooled`` = an empirical-Bayes shrinkage (``shrunk``): the policies' gaps are
   treated as draws from a prior of variance tau^2, estimated by the method of moments over the
   policies of the estimator whose borrowed level may be reported (no FAIL, no REFUSE-LEVEL),
-  tau2_hat = max(0, mean_p (d_hat_p^2 - V_d,p)); policy p uses b_p^2 = min(b2_hat_p, tau2_hat) in
-  lambda* (its own revealed squared gap, capped by the family's: with two or three policies the
-  pooled moment is itself noisy, and one adversarial policy would otherwise pull every benign
-  policy's weight toward its probe), and the interval adds (1 - lambda)^2 b_p^2.
+  tau2_hat = max(0, mean_p (d_hat_p^2 - V_d,p)); policy p's weight is lambda* with
+  b^2 = min(b2_hat_p, tau2_hat) (its own revealed squared gap, capped by the family's: with two or
+  three policies the pooled moment is itself noisy, and one adversarial policy would otherwise pull
+  every benign policy's weight toward its probe), and its interval adds
+  (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left).
 * ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
   delta = 0 rejects (``TransportAudit.legacy_failed``) or REFUSE-LEVEL fired, theta_lambda otherwise.
 * ``ppi``: the PPI++ level (Angelopoulos, Duchi & Zrnic 2023) whatever the audit says:
@@ -572,7 +573,7 @@ def pooled_bias_sq(moments: list[LevelMoments]) -> float:
 
 def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float, n_folds: int, alpha: float,
                    force_corrected: bool = False, bias_sq: float | None = None, source: str | None = None,
-                   moments: LevelMoments | None = None) -> LevelReport:
+                   moments: LevelMoments | None = None, interval_bias_sq: float | None = None) -> LevelReport:
     """Report B + lam (C - B) with its interval (module docstring).
 
     Args:
@@ -583,11 +584,13 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
         n_folds: K (df of the OUA part is K - 1).
         alpha: 1 - CI level.
         force_corrected: lam = 1 (audit FAIL, REFUSE-LEVEL, the PPI++ rule).
-        bias_sq: The squared transport gap of B used for lam and for the unremoved-bias variance
-            term: None = this policy's own b2_hat (``combined``); the pooled empirical-Bayes tau^2
-            (``pooled_bias_sq``) for the ``pooled`` shrinkage.
+        bias_sq: The squared transport gap of B used for lam and (unless ``interval_bias_sq``) for the
+            unremoved-bias variance term: None = this policy's own b2_hat (``combined``); the
+            ``pooled`` shrinkage passes min(b2_hat, tau^2) (``pooled_bias_sq``).
         source: ``level_source`` to record (default ``probe_corrected`` / ``combined``).
         moments: Precomputed ``level_moments(b, c)``.
+        interval_bias_sq: The squared gap whose unremoved share (1 - lam)^2 enters the variance, when it
+            differs from the one that sets lam (default ``bias_sq``).
     """
     mo = moments or level_moments(b, c)
     b2 = mo.b2 if bias_sq is None else float(bias_sq)
@@ -599,7 +602,7 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
         reps = (1 - lam) * b.replicates + lam * c.replicates
     v_if = cluster_covariance(psi, psi)
     v_oua = jackknife_variance(reps)
-    v_bias = (1 - lam) ** 2 * b2
+    v_bias = (1 - lam) ** 2 * (b2 if interval_bias_sq is None else float(interval_bias_sq))
     v = v_if + v_oua + v_bias
     # df split: the probe term of psi has m - 1 df, the rest G - 1.
     probe_part = min(lam**2 * probe_var, v_if)
@@ -741,11 +744,12 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
             rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, force_corrected=True,
                                  source="ppi" if which == "ppi" else "probe_corrected", moments=q.moments)
         elif which == "shrunk":
-            # The smaller of the policy's own revealed squared gap and the family's prior variance: an
-            # unlucky probe cannot pull the weight beyond what the family supports, nor another policy's
-            # large gap beyond what this policy's own probe shows.
+            # Weight from the smaller of the policy's own revealed squared gap and the family's prior
+            # variance (an unlucky probe cannot pull the weight beyond what the family supports, nor another
+            # policy's large gap beyond what this policy's own probe shows); interval from the larger.
             rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha,
-                                 bias_sq=min(q.moments.b2, tau2[name]), source="shrunk", moments=q.moments)
+                                 bias_sq=min(q.moments.b2, tau2[name]), source="shrunk", moments=q.moments,
+                                 interval_bias_sq=max(q.moments.b2, tau2[name]))
         else:
             rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, moments=q.moments)
         if audit is not None and which != "ppi" and (audit.state == FAIL if rule == "graded" else audit.legacy_failed):
