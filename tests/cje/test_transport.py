@@ -341,7 +341,8 @@ def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
 def test_monte_carlo_coverage_of_the_graded_rule():
     """200 replications of the synthetic world with a small transport gap on pi_better (+0.04 judge bias) and
     a large one on pi_worse (+0.25): under ``graded`` (pooled shrinkage) the reported levels cover 92-98%,
-    every probe weight is in [0, 1], and each state the world can produce occurs."""
+    every probe weight is in [0, 1], and each state the world can produce occurs. (~80 s of CPU; 510 s wall on
+    the shared 2-core box under load 8.)"""
     reps = 200
     bias = {"pi_worse": 0.25, "pi_better": 0.04}
     truth = {p: true_value(p) for p in ("pi_hot", "pi_better", "pi_worse")}
