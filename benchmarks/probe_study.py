@@ -1,28 +1,40 @@
-"""Probe-resampling study on the Arena sample: today's reporting rule vs borrowed-only (issue 17, item 2).
+"""Probe-resampling study on the Arena sample: which transport reporting rule to adopt (issue 17, items 1, 2, 4).
 
 Per draw (``--draws``, >= 200 for the record): a random 25% of the 480 labelled base prompts keep
 their oracle labels (logged rows and base fresh draws, ``real_data.subset_labels``); per target
 policy a 50-label probe is drawn from the 500 oracle-labelled rows of ``ground_truth/`` (the same
-fresh draws the estimator sees, so the probe is a subsample of them). Two analyses per draw, both
-``transport_rule="correct"``, calibrator ``auto`` with covariates response/prompt length:
+fresh draws the estimator sees, so the probe is a subsample of them). Calibrator ``auto`` with
+covariates response/prompt length. One fit per draw (``api.borrowed_estimates``: calibration,
+graded audits, every estimator, gates), then every rule applied to that same fit
+(``transport.apply_transport_rule`` with the rule swapped in), so the rules differ only in the rule:
 
-* **borrowed only**: no probes; the estimator's own (borrowed) level and interval;
-* **today's rule**: with the probes; ``combined`` (bias-aware precision weighting) when the audit
-  passes, ``probe_corrected`` when it fails (``transport.py``).
+* ``borrowed_only``: the estimator's own (borrowed) level and interval, as without probes
+  (refused where REFUSE-LEVEL fires, since without a probe nothing replaces the level);
+* ``today``: ``transport_rule: correct`` (combined unless |mean residual| > 0.05 and its t test rejects);
+* ``graded_mse`` / ``graded_pooled``: ``transport_rule: graded`` (FAIL -> probe-corrected, PASS ->
+  combined, INCONCLUSIVE / NOT_GRADED -> shrinkage with the policy's own MSE-optimal weight, or the
+  empirical-Bayes weight pooled over the audited policies);
+* ``graded_pooled_tuned``: ``graded_pooled`` with the PPI++ weight inside the probe correction
+  (``transport_correction_weight: tuned``);
+* ``ppi``: ``transport_rule: ppi`` (the PPI++ power-tuned level whatever the audit says).
 
 Truth = mean of the 500 ground-truth labels per target (read only to score). Per target, estimator
 and rule: RMSE, 95th percentile of |error|, max |error|, coverage of the 95% CI, share of draws
-within 0.05 of the truth, and how often the audit passes / fails.
+within 0.05 of the truth, refused share, mean probe weight; and the frequency of each audit state.
 
-Run: .venv/bin/python benchmarks/probe_study.py --draws 200 [--estimators direct stacked_dr] [--workers 2]
+Run: .venv/bin/python benchmarks/probe_study.py --draws 200 --estimators direct stacked_dr --workers 2
+``--cache DIR`` keeps each draw's rows (draw_<d>.csv) so a rerun only computes missing draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +43,21 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_data import TARGETS, _read, load, subset_labels  # noqa: E402
 
-from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies  # noqa: E402
+import arena_cje.cje as cje_pkg  # noqa: E402
+from arena_cje.cje import CJEDataset, EstimationConfig  # noqa: E402
+from arena_cje.cje.api import borrowed_estimates  # noqa: E402
+from arena_cje.cje.transport import AUDIT_STATES, apply_transport_rule  # noqa: E402
 
 _STATE: dict = {}
 COVARIATES = ("response_length", "prompt_length")
+#: rule label -> (transport_rule, transport_shrinkage, transport_correction_weight); None = borrowed only.
+RULES = {"borrowed_only": None, "today": ("correct", "mse", "one"), "graded_mse": ("graded", "mse", "one"),
+         "graded_pooled": ("graded", "pooled", "one"), "graded_pooled_tuned": ("graded", "pooled", "tuned"),
+         "ppi": ("ppi", "mse", "tuned")}
 
 
-def _one(d: int) -> list[dict]:
+def _draw(d: int) -> tuple[pd.DataFrame, dict, dict]:
+    """The d-th (label mask, probes) pair: frames with 25% of the base labels and a probe per target."""
     s = _STATE
     rng = np.random.default_rng(10_000 + d)
     keep = set(rng.choice(s["labelled"], size=int(round(0.25 * len(s["labelled"]))), replace=False))
@@ -46,17 +66,59 @@ def _one(d: int) -> list[dict]:
     for p in TARGETS:
         g = s["gt"][p]
         probes[p] = g.iloc[rng.choice(len(g), size=s["probe_size"], replace=False)].reset_index(drop=True)
-    cfg = EstimationConfig(estimators=tuple(s["estimators"]), calibrator="auto", transport_rule="correct")
+    return lg, fr, probes
+
+
+def _one(d: int) -> pd.DataFrame:
+    s = _STATE
+    path = s["cache"] / f"draw_{d}.csv" if s["cache"] is not None else None
+    if path is not None and path.exists():
+        return pd.read_csv(path)
+    lg, fr, probes = _draw(d)
+    cfg = EstimationConfig(estimators=tuple(s["estimators"]), calibrator="auto")
+    pre = borrowed_estimates(CJEDataset.from_frames(lg, fr, probes, covariates=COVARIATES), cfg)
+    base_outputs = dict(pre.ctx.outputs)
     rows = []
-    for rule, prb in (("borrowed_only", {}), ("today", probes)):
-        res = estimate_policies(CJEDataset.from_frames(lg, fr, prb, covariates=COVARIATES), cfg)
-        for r in res.estimates[res.estimates.policy.isin(TARGETS)].itertuples():
-            audit = res.transport.get(r.policy)
-            rows.append({"draw": d, "rule": rule, "policy": r.policy, "estimator": r.estimator,
+    for label, rule in RULES.items():
+        if rule is None:
+            est = pre.estimates.assign(level_source="borrowed", probe_weight=0.0, borrowed_estimate=pre.estimates["estimate"],
+                                       corrected_estimate=np.nan)
+            # Without probes REFUSE-LEVEL refuses the level (with one it only forces the probe-corrected value).
+            forced = [pre.statuses[(r.policy, r.estimator)].force_probe for r in est.itertuples()]
+            est["status"] = np.where(forced, "refused", est["status"])
+        else:
+            pre.ctx.config = replace(cfg, transport_rule=rule[0], transport_shrinkage=rule[1],
+                                     transport_correction_weight=rule[2])
+            pre.ctx.outputs = dict(base_outputs)
+            est = apply_transport_rule(pre.ctx, pre.estimates, pre.audits, copy.deepcopy(pre.statuses))
+        for r in est[est.policy.isin(TARGETS)].itertuples():
+            a = pre.audits.get(r.policy)
+            rows.append({"draw": d, "rule": label, "policy": r.policy, "estimator": r.estimator,
                          "estimate": r.estimate, "ci_lower": r.ci_lower, "ci_upper": r.ci_upper, "status": r.status,
-                         "level_source": r.level_source,
-                         "audit": "not_checked" if audit is None else ("pass" if audit.passed else "fail")})
-    return rows
+                         "level_source": r.level_source, "probe_weight": r.probe_weight,
+                         "borrowed": r.borrowed_estimate, "corrected": r.corrected_estimate,
+                         "audit": "NOT_CHECKED" if a is None else a.state,
+                         "audit_legacy_fail": bool(a is not None and a.legacy_failed)})
+    out = pd.DataFrame(rows)
+    if path is not None:
+        out.to_csv(path, index=False)
+    return out
+
+
+def summarise(df: pd.DataFrame, truth: dict[str, float]) -> pd.DataFrame:
+    """Per (estimator, policy, rule): RMSE, p95 / max |error|, coverage, within 0.05, refused, mean weight, audit states."""
+    df = df.assign(truth=df.policy.map(truth))
+    df["abs_err"] = (df.estimate - df.truth).abs()
+    df["cover"] = (df.ci_lower <= df.truth) & (df.truth <= df.ci_upper)
+    aggs = dict(rmse=("abs_err", lambda e: float(np.sqrt(np.mean(e**2)))),
+                p95=("abs_err", lambda e: float(np.quantile(e, 0.95))), max=("abs_err", "max"),
+                coverage=("cover", "mean"), within_005=("abs_err", lambda e: float(np.mean(e <= 0.05))),
+                refused=("status", lambda s: float(np.mean(s == "refused"))), weight=("probe_weight", "mean"))
+    for st in AUDIT_STATES:
+        aggs[st] = ("audit", lambda s, st=st: float(np.mean(s == st)))
+    tab = df.groupby(["estimator", "policy", "rule"], sort=False).agg(**aggs)
+    order = {r: i for i, r in enumerate(RULES)}
+    return tab.sort_index(level=[0, 1], sort_remaining=False, key=lambda ix: ix.map(order) if ix.name == "rule" else ix)
 
 
 def main() -> None:
@@ -64,8 +126,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "arena_sample")
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--probe-size", type=int, default=50)
-    ap.add_argument("--estimators", nargs="+", default=["direct"])
+    ap.add_argument("--estimators", nargs="+", default=["direct", "stacked_dr"])
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=None, help="folder for per-draw rows (reruns reuse them)")
     ap.add_argument("--out", default=None, help="optional CSV of every draw's rows")
     a = ap.parse_args()
     logged, fresh, _, truth = load(a.data)
@@ -76,32 +139,41 @@ def main() -> None:
         g["prompt_length"] = g["prompt"].str.split().str.len().astype(float)
         gt[p] = g.reset_index(drop=True)
     labelled = logged.loc[logged["oracle_label"].notna(), "metadata"].map(lambda m: m["prompt_id"]).to_numpy()
-    _STATE.update(logged=logged, fresh=fresh, gt=gt, labelled=labelled, probe_size=a.probe_size, estimators=a.estimators)
+    cache = None
+    if a.cache is not None:
+        # The key covers the settings, this script and the estimation code, so a changed rule never reuses stale rows.
+        src = b"".join(f.read_bytes() for f in [Path(__file__), *sorted(Path(cje_pkg.__file__).parent.glob("*.py"))])
+        key = hashlib.sha1(f"{a.probe_size}|{sorted(a.estimators)}|".encode() + src).hexdigest()[:12]
+        cache = a.cache / key
+        cache.mkdir(parents=True, exist_ok=True)
+    _STATE.update(logged=logged, fresh=fresh, gt=gt, labelled=labelled, probe_size=a.probe_size,
+                  estimators=a.estimators, cache=cache)
     t0 = time.perf_counter()
     if a.workers > 1:
         with mp.get_context("fork").Pool(a.workers) as pool:
             parts = pool.map(_one, range(a.draws), chunksize=4)
     else:
         parts = [_one(d) for d in range(a.draws)]
-    print(f"{a.draws} draws in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    df = pd.DataFrame([r for p in parts for r in p])
+    wall = time.perf_counter() - t0
+    df = pd.concat(parts, ignore_index=True)
     if a.out:
         df.to_csv(a.out, index=False)
-    df["truth"] = df.policy.map(truth)
-    df["abs_err"] = (df.estimate - df.truth).abs()
-    df["cover"] = (df.ci_lower <= df.truth) & (df.truth <= df.ci_upper)
-    tab = df.groupby(["estimator", "policy", "rule"]).agg(
-        rmse=("abs_err", lambda e: float(np.sqrt(np.mean(e**2)))), p95=("abs_err", lambda e: float(np.quantile(e, 0.95))),
-        max=("abs_err", "max"), coverage=("cover", "mean"), within_005=("abs_err", lambda e: float(np.mean(e <= 0.05))),
-        audit_pass=("audit", lambda s: float(np.mean(s == "pass"))), audit_fail=("audit", lambda s: float(np.mean(s == "fail"))),
-        refused=("status", lambda s: float(np.mean(s == "refused"))))
-    print(f"draws={a.draws}, 25% of the base labels, {a.probe_size}-label probes; truth:",
-          {p: round(truth[p], 4) for p in TARGETS})
-    print("| estimator | policy | rule | RMSE | p95 abs error | max | coverage | within 0.05 | audit pass / fail | refused |")
+    tab = summarise(df, truth)
+    print(f"draws={a.draws}, 25% of the base labels, {a.probe_size}-label probes, {a.workers} worker(s), "
+          f"wall {wall:.0f} s; truth:", {p: round(truth[p], 4) for p in TARGETS})
+    print("\n| estimator | policy | rule | RMSE | p95 abs error | max | coverage | within 0.05 | refused | mean weight |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (e, p, r), x in tab.iterrows():
         print(f"| {e} | {p} | {r} | {x.rmse:.4f} | {x.p95:.4f} | {x['max']:.4f} | {x.coverage:.3f} | {x.within_005:.3f} "
-              f"| {x.audit_pass:.2f} / {x.audit_fail:.2f} | {x.refused:.2f} |")
+              f"| {x.refused:.2f} | {x.weight:.2f} |")
+    states = tab.reset_index().drop_duplicates(["estimator", "policy"])
+    print("\nAudit states (share of draws; the audit does not depend on the rule or the estimator):\n")
+    print("| policy | " + " | ".join(AUDIT_STATES) + " | today's criterion fails |")
+    print("|---|" + "---|" * (len(AUDIT_STATES) + 1))
+    legacy = df.drop_duplicates(["draw", "policy"]).groupby("policy")["audit_legacy_fail"].mean()
+    for x in states[states.estimator == states.estimator.iloc[0]].itertuples():
+        print(f"| {x.policy} | " + " | ".join(f"{getattr(x, st):.3f}" for st in AUDIT_STATES)
+              + f" | {legacy[x.policy]:.3f} |")
 
 
 if __name__ == "__main__":

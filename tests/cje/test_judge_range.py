@@ -65,7 +65,8 @@ def test_out_of_range_borrowed_level_with_a_probe_reports_the_probe_corrected_va
     lg.loc[s > s.quantile(0.95), "oracle_label"] = np.nan
     res = estimate_policies(CJEDataset.from_frames(lg, d.fresh, d.probes), EstimationConfig(estimators=("direct",)))
     row = res.estimates.set_index(["policy", "estimator"]).loc[("pi_better", "direct")]
-    assert res.transport["pi_better"].passed  # the audit alone would have combined borrowed and probe
+    a = res.transport["pi_better"]
+    assert not a.failed and not a.legacy_failed  # the audit alone would have combined borrowed and probe
     assert row.status == "warning" and row.level_source == "probe_corrected" and row.probe_weight == 1.0
     assert "REFUSE-LEVEL" in row.reasons and "the borrowed level is not reported" in row.reasons
     assert row.estimate == pytest.approx(row.corrected_estimate)

@@ -18,8 +18,7 @@ SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "arena
 README_TRUTH = {"clone": 0.743, "parallel_universe_prompt": 0.777, "unhelpful": 0.146}
 
 
-@pytest.fixture(scope="module")
-def result():
+def _estimate(rule: str):
     if not (SAMPLE / "logged_data.jsonl").exists():
         pytest.skip(f"arena sample not found at {SAMPLE}")
     rd = lambda p: pd.read_json(p, lines=True, dtype=False)  # noqa: E731
@@ -29,8 +28,29 @@ def result():
     for df in (logged, *fresh.values(), *probes.values()):
         df["prompt_length"] = df["prompt"].str.split().str.len().astype(float)
     data = CJEDataset.from_frames(logged, fresh, probes, covariates=("response_length", "prompt_length"))
-    cfg = EstimationConfig(estimators=("naive", "calibrated_ips", "direct", "stacked_dr"), calibrator="auto", transport_rule="correct")
+    cfg = EstimationConfig(estimators=("naive", "calibrated_ips", "direct", "stacked_dr"), calibrator="auto", transport_rule=rule)
     return estimate_policies(data, cfg)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return _estimate("correct")
+
+
+def test_graded_audit_and_rule_on_the_sample():
+    res = _estimate("graded")
+    a = res.transport
+    # unhelpful's residual (about -0.17 on its 50 probe rows) is far beyond +/-0.05; the benign policies'
+    # 50-row probes cannot establish equivalence at +/-0.05 after Holm, nor a gap beyond it.
+    assert a["unhelpful"].state == "FAIL" and a["unhelpful"].p_beyond_margin_adj < 0.05
+    e = res.estimates.set_index(["policy", "estimator"])
+    for name in ("direct", "stacked_dr"):
+        assert e.loc[("unhelpful", name), "level_source"] == "probe_corrected"
+        for p in ("clone", "parallel_universe_prompt"):
+            r = e.loc[(p, name)]
+            assert a[p].state in ("PASS", "INCONCLUSIVE")
+            assert r.level_source == ("combined" if a[p].state == "PASS" else "shrunk")
+            assert 0.0 <= r.probe_weight <= 1.0 and r.ci_lower <= README_TRUTH[p] <= r.ci_upper
 
 
 def test_unhelpful_is_probe_corrected_and_covers(result):

@@ -180,6 +180,12 @@ def test_report_has_every_section_with_content(run):
         assert content[sid]["img"] == 1
     assert "Optional section" in content["labeling"]["text"]
     assert "pi_worse: refused: calibration does not transport" in content["verdicts"]["text"]
+    # The five-state audit: a state per audited policy, the failing one named.
+    states = {p: a.state for p, a in result.transport.items()}
+    assert states["pi_worse"] == "FAIL" and "FAIL pi_worse" in content["transport"]["text"]
+    for policy, state in states.items():
+        line = next(x for x in content["transport"]["text"].split("States: ")[1:])
+        assert state in line and policy in line
     for s in sections:
         assert f"## {s.title}" in md
     assert "](calibration_plot.png)" in md and "base64" not in md

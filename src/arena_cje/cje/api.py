@@ -1,12 +1,12 @@
 """``estimate_policies``: calibration, every requested estimator, intervals, gates and differences.
 
-Transport audit (per policy with a probe): residuals r_j = Y_j - f(S_j) of the full-data calibrator
-on the policy's oracle-labelled probe; delta_hat = mean r_j, SE = sd(r)/sqrt(m), t test of delta = 0
-with m - 1 df (a stratified probe with ``inclusion_prob``: the Horvitz-Thompson mean and the
-stratified SE with m - H df, ``transport.ProbeDesign``). The audit FAILS when |delta_hat| > margin AND the test rejects at level alpha (the
-residual is both practically large and statistically distinguishable from zero); a failing policy's
-calibrated level estimates are ``refused`` (``transport_rule="refuse"``) or, for direct/DR rows, replaced
-by the probe-corrected level (``transport_rule="correct"``, see ``transport.py``; column ``level_source``). Rows of the naive estimator are never refused by the audit
+Transport audit (``transport.grade_audits``, formulas in ``transport.py``): per policy with a probe, a
+graded equivalence test of the mean probe residual against the margin ``transport_margin`` with
+prompt-clustered SEs, Holm-adjusted across the audited policies: PASS / FAIL / INCONCLUSIVE /
+NOT_GRADED (fewer than ``transport_min_clusters`` effective prompts) / NOT_CHECKED (no probe). A FAIL
+refuses the policy's calibrated rows under ``transport_rule="refuse"``; under the correcting rules
+(``correct``, ``graded``, ``ppi``) direct/DR rows report a probe-based level instead (``transport.py``;
+column ``level_source``). Rows of the naive estimator are never refused by the audit
 (they do not use the calibration) but are always ``warning`` (judge scale).
 
 Gates (thresholds in ``Gates``): IPS-type rows are refused when the ESS fraction of the weights they
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from arena_cje.cje.bootstrap import cluster_bootstrap
 from arena_cje.cje.calibration import CalibrationDiagnostics, CrossFitCalibration, fit_calibration
@@ -48,7 +47,15 @@ from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.context import EstimationContext
 from arena_cje.cje.estimators import EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels, probe_design
+from arena_cje.cje.transport import (  # noqa: F401  (TransportAudit, transport_audit re-exported)
+    FAIL,
+    LEVEL_ESTIMATORS,
+    TransportAudit,
+    apply_transport_rule,
+    grade_audits,
+    has_own_labels,
+    transport_audit,
+)
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 #: The leading columns of ``EstimationResult.estimates`` (followed by var_if, var_oua, df and
@@ -57,21 +64,6 @@ ESTIMATE_COLUMNS = ["policy", "estimator", "estimate", "std_error", "ci_lower", 
                     "status", "reasons", "ess_fraction"]
 DIFFERENCE_COLUMNS = ["policy", "baseline", "estimator", "estimate", "std_error", "ci_lower", "ci_upper", "df",
                       "p_value", "n", "status", "reasons"]
-
-
-@dataclass
-class TransportAudit:
-    """Probe-slice audit of one policy (module docstring)."""
-
-    policy: str
-    n_probe: int
-    mean_residual: float
-    std_error: float
-    ci_lower: float
-    ci_upper: float
-    p_value: float
-    margin: float
-    passed: bool
 
 
 @dataclass
@@ -110,30 +102,7 @@ class EstimationResult:
 
     @property
     def transport_table(self) -> pd.DataFrame:
-        return pd.DataFrame([a.__dict__ for a in self.transport.values()])
-
-
-def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float) -> TransportAudit:
-    """Audit whether the calibration transports to ``policy`` (module docstring).
-
-    A stratified probe (``inclusion_prob``) gives the HT-weighted mean residual and its stratified
-    SE with m - H df (``transport.probe_design``).
-    """
-    r = probe["oracle_label"].to_numpy(dtype=float) - cal.predict_full(probe)
-    design = probe_design(probe, f"probes[{policy}]")
-    m = r.size
-    d = design.mean(r)
-    se = float(np.sqrt(design.variance(r))) if m > 1 else float("nan")
-    df = max(design.df, 1)
-    if m > 1 and se > 0:
-        tstat = d / se
-        p = float(2 * stats.t.sf(abs(tstat), df))
-        q = float(stats.t.ppf(1 - alpha / 2, df))
-    else:
-        p, q = (0.0 if d != 0 else 1.0), 0.0
-    lo, hi = d - q * (se if np.isfinite(se) else 0.0), d + q * (se if np.isfinite(se) else 0.0)
-    passed = not (abs(d) > margin and p < alpha)
-    return TransportAudit(policy, m, d, se, lo, hi, p, margin, passed)
+        return pd.DataFrame([a.as_row() for a in self.transport.values()])
 
 
 @dataclass
@@ -193,9 +162,10 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             if ov < g.overlap_warn:
                 out.warned = True
                 out.reasons.append(f"judge-score overlap logged vs fresh {ov:.2f} < {g.overlap_warn}")
-    # Under transport_rule "correct" a failed audit makes level rows report the probe-corrected value
+    # Under a correcting transport_rule a failed audit makes level rows report the probe-corrected value
     # (transport.py) instead of refusing them.
-    corrected = ctx.config.transport_rule == "correct" and name in LEVEL_ESTIMATORS
+    corrected = ctx.config.transport_rule != "refuse" and name in LEVEL_ESTIMATORS
+    probed = audit is not None and audit.state != "NOT_CHECKED"
     if name != "naive" and ctx.cal is not None:
         share, where = _out_of_range(ctx, est.policy, name)
         own = name in LEVEL_ESTIMATORS and has_own_labels(ctx, est.policy)
@@ -203,18 +173,15 @@ def _apply_gates(est: EstimatorOutput, ctx: EstimationContext, audit: TransportA
             lo, hi = ctx.cal.diagnostics.judge_range
             text = (f"REFUSE-LEVEL: {share:.1%} of the {where} judge scores lie outside the range "
                     f"[{lo:g}, {hi:g}] the calibration was fitted on (>= {g.out_of_range_refuse:.0%})")
-            if corrected and audit is not None:
+            if corrected and probed:
                 out.warned, out.force_probe = True, True
                 out.reasons.append(text + ": the borrowed level is not reported")
             else:
                 out.refused = True
                 out.reasons.append(text)
-    if audit is not None and name != "naive" and not audit.passed and not corrected:
+    if audit is not None and name != "naive" and audit.state == FAIL and not corrected:
         out.refused = True
-        out.reasons.append(
-            f"transport audit failed: probe mean residual {audit.mean_residual:+.3f} (SE {audit.std_error:.3f}, n={audit.n_probe})"
-            f" beyond +/-{audit.margin}"
-        )
+        out.reasons.append(f"transport audit failed: {audit.describe()}")
     return out
 
 
@@ -240,15 +207,22 @@ def _out_of_range(ctx: EstimationContext, policy: str, name: str) -> tuple[float
     return max((p for p in parts if np.isfinite(p[0])), default=(0.0, ""))
 
 
-def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationResult:
-    """Calibrate, run every requested estimator for every policy, and build the result tables.
+@dataclass
+class BorrowedEstimates:
+    """Everything before the transport rule: the context, graded audits, row statuses and the estimates as
+    the estimators produced them (``borrowed_estimates``; ``estimate_policies`` then applies the rule)."""
 
-    Args:
-        data: Validated dataset (``CJEDataset.from_frames``).
-        config: Estimation settings (``EstimationConfig.from_params``).
+    ctx: EstimationContext
+    audits: dict[str, TransportAudit]
+    statuses: dict[tuple[str, str], "RowStatus"]
+    estimates: pd.DataFrame
 
-    Returns:
-        :class:`EstimationResult` (estimates, differences, calibration, weights, transport audits).
+
+def borrowed_estimates(data: CJEDataset, config: EstimationConfig) -> BorrowedEstimates:
+    """Calibrate, grade the transport audits, run every estimator, apply the gates and build the rows.
+
+    The first half of ``estimate_policies`` (before ``transport.apply_transport_rule``), separate so a
+    study can apply several reporting rules to one fit (``benchmarks/probe_study.py``).
     """
     cal: CrossFitCalibration | None
     cal_error = None
@@ -259,9 +233,9 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
     ctx = EstimationContext(data, config, cal)
     audits = {}
     if cal is not None:
-        for p, probe in data.probes.items():
-            if len(probe):
-                audits[p] = transport_audit(p, probe, cal, config.transport_margin, config.alpha)
+        unprobed = [p for p in data.policies if ctx.fresh(p) is not None and not has_own_labels(ctx, p)]
+        audits = grade_audits(data.probes, cal, config.transport_margin, config.alpha, config.transport_min_clusters,
+                              unprobed)
 
     rows = []
     statuses: dict[tuple[str, str], RowStatus] = {}
@@ -298,7 +272,22 @@ def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationR
                 "var_if": v_if, "var_oua": v_oua, "df": df,
             })
     estimates = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS + ["var_if", "var_oua", "df"])
-    estimates = apply_transport_rule(ctx, estimates, audits, statuses)
+    return BorrowedEstimates(ctx, audits, statuses, estimates)
+
+
+def estimate_policies(data: CJEDataset, config: EstimationConfig) -> EstimationResult:
+    """Calibrate, run every requested estimator for every policy, and build the result tables.
+
+    Args:
+        data: Validated dataset (``CJEDataset.from_frames``).
+        config: Estimation settings (``EstimationConfig.from_params``).
+
+    Returns:
+        :class:`EstimationResult` (estimates, differences, calibration, weights, transport audits).
+    """
+    pre = borrowed_estimates(data, config)
+    ctx, audits, statuses, cal = pre.ctx, pre.audits, pre.statuses, pre.ctx.cal
+    estimates = apply_transport_rule(ctx, pre.estimates, audits, statuses)
     all_pairs = paired_differences(ctx, data.policies, config, statuses, baseline=None)
     differences = (all_pairs if config.baseline is None
                    else paired_differences(ctx, data.policies, config, statuses, baseline=config.baseline))

@@ -69,7 +69,9 @@ def adjust_p_values(p: np.ndarray, method: str) -> np.ndarray:
 
     Args:
         p: Raw p-values of one family.
-        method: ``bh`` (Benjamini-Hochberg, scipy) or ``bonferroni`` (min(1, m p)).
+        method: ``bh`` (Benjamini-Hochberg, scipy), ``bonferroni`` (min(1, m p)) or ``holm``
+            (Holm 1979 step-down: with p_(1) <= ... <= p_(m), p_Holm,(i) = max_{j <= i} min(1, (m - j + 1) p_(j));
+            family-wise error rate <= alpha like Bonferroni, never less powerful).
     """
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
@@ -80,8 +82,16 @@ def adjust_p_values(p: np.ndarray, method: str) -> np.ndarray:
         out[ok] = stats.false_discovery_control(p[ok], method="bh")
     elif method == "bonferroni":
         out[ok] = np.minimum(1.0, p[ok] * ok.sum())
+    elif method == "holm":
+        q = p[ok]
+        m = q.size
+        order = np.argsort(q, kind="stable")
+        stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * q[order]))
+        adj = np.empty(m)
+        adj[order] = stepped
+        out[ok] = adj
     else:
-        raise ValueError(f"unknown p-value adjustment {method!r}; use 'bh' or 'bonferroni'")
+        raise ValueError(f"unknown p-value adjustment {method!r}; use 'bh', 'bonferroni' or 'holm'")
     return out
 
 

@@ -10,7 +10,9 @@ from arena_cje.cje.data import SUSPECT_LOGPROB_MODES
 
 ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 CALIBRATORS = ("isotonic", "two_stage", "auto")
-TRANSPORT_RULES = ("refuse", "correct")
+TRANSPORT_RULES = ("refuse", "correct", "graded", "ppi")
+TRANSPORT_SHRINKAGE = ("mse", "pooled")
+CORRECTION_WEIGHTS = ("one", "tuned")
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,26 @@ class EstimationConfig:
         var_cap: SIMCal variance cap on the stabilised weights (None disables the blend).
         n_bootstrap: Cluster-bootstrap replicates refitting the calibrator (0 = IF-based CIs).
         seed: Seed for the bootstrap and any randomised step.
-        transport_margin: Probe audit tolerance on |mean residual| of the calibration.
-        transport_rule: ``correct`` (default): level rows (direct, DR family) report the probe-corrected value when the
-            audit fails and the bias-aware combination when it passes, and rows without a probe are
-            warned (``arena_cje.cje.transport``); ``refuse``: a failed probe audit refuses the
-            policy's calibrated rows.
+        transport_margin: delta, the equivalence margin of the graded transport audit on the mean
+            probe residual |E[Y - f(S)]| (``arena_cje.cje.transport``).
+        transport_min_clusters: No PASS (nor INCONCLUSIVE) with fewer effective probe prompts than
+            this: the audit is ``NOT_GRADED``.
+        transport_rule: What a borrowed level row (direct, DR family) of a policy with a probe reports
+            (``arena_cje.cje.transport``; rows without a probe are warned under every rule but ``refuse``):
+            ``graded`` (default, chosen by ``benchmarks/probe_study.py``, see docs/statistics.md):
+            FAIL -> probe-corrected, PASS -> the bias-aware (MSE-optimal) combination,
+            INCONCLUSIVE / NOT_GRADED -> the shrinkage ``transport_shrinkage``; ``correct``: the
+            two-state rule of before (probe-corrected when |mean residual| > margin and its t test
+            rejects, the combination otherwise); ``ppi``: the PPI++ power-tuned level whatever the
+            audit says; ``refuse``: a FAIL refuses the policy's calibrated rows.
+        transport_shrinkage: Weight of the probe-corrected value for INCONCLUSIVE / NOT_GRADED under
+            ``graded``: ``mse`` (this policy's own MSE-optimal weight, as for PASS) or ``pooled``
+            (empirical-Bayes prior of the gaps pooled over the policies whose borrowed level may be
+            reported, capped by the policy's own revealed gap).
+        transport_correction_weight: Weight lam on the calibrated prediction inside the probe
+            correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
+            ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
+            ``transport.ppi_weight``); rule ``ppi`` always uses ``tuned``.
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.
@@ -80,7 +97,10 @@ class EstimationConfig:
     n_bootstrap: int = 0
     seed: int = 0
     transport_margin: float = 0.05
-    transport_rule: str = "correct"
+    transport_min_clusters: float = 20.0
+    transport_rule: str = "graded"
+    transport_shrinkage: str = "pooled"
+    transport_correction_weight: str = "one"
     baseline: str | None = None
     reliability_bins: int = 10
     gates: Gates = field(default_factory=Gates)
@@ -102,6 +122,16 @@ class EstimationConfig:
             raise ValueError(f"estimation.var_cap must be > 0 or null, got {self.var_cap}")
         if self.transport_rule not in TRANSPORT_RULES:
             raise ValueError(f"estimation.transport_rule must be one of {list(TRANSPORT_RULES)}, got {self.transport_rule!r}")
+        if self.transport_shrinkage not in TRANSPORT_SHRINKAGE:
+            raise ValueError(f"estimation.transport_shrinkage must be one of {list(TRANSPORT_SHRINKAGE)}, "
+                             f"got {self.transport_shrinkage!r}")
+        if self.transport_correction_weight not in CORRECTION_WEIGHTS:
+            raise ValueError(f"estimation.transport_correction_weight must be one of {list(CORRECTION_WEIGHTS)}, "
+                             f"got {self.transport_correction_weight!r}")
+        if not float(self.transport_margin) > 0:
+            raise ValueError(f"estimation.transport_margin must be > 0, got {self.transport_margin}")
+        if float(self.transport_min_clusters) < 2:
+            raise ValueError(f"estimation.transport_min_clusters must be >= 2, got {self.transport_min_clusters}")
         if self.suspect_logprobs not in SUSPECT_LOGPROB_MODES:
             raise ValueError(f"estimation.suspect_logprobs must be one of {list(SUSPECT_LOGPROB_MODES)}, "
                              f"got {self.suspect_logprobs!r}")

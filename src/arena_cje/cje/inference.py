@@ -35,21 +35,46 @@ class Interval:
     df: float
 
 
+def cluster_covariance(a: np.ndarray, b: np.ndarray) -> float:
+    """Cov(mean a, mean b) of per-prompt contributions on the same G prompts (NaN if G < 2).
+
+    sum_g (a_g - a_bar)(b_g - b_bar) / (G (G - 1)); ``cluster_covariance(psi, psi)`` = V_IF.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    g = len(a)
+    if g < 2:
+        return float("nan")
+    return float(np.sum((a - a.mean()) * (b - b.mean())) / (g * (g - 1)))
+
+
 def cluster_variance(psi: np.ndarray) -> float:
     """V_IF = var(psi, ddof=1) / G for per-prompt contributions psi (NaN if G < 2)."""
-    psi = np.asarray(psi, dtype=float)
-    if len(psi) < 2:
-        return float("nan")
-    return float(np.var(psi, ddof=1) / len(psi))
+    return cluster_covariance(psi, psi)
+
+
+def jackknife_covariance(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Delete-one-group jackknife covariance (K-1)/K sum_k (a_k - a_bar)(b_k - b_bar); 0 without replicates."""
+    if a is None or b is None or len(a) < 2:
+        return 0.0
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    k = len(a)
+    return float((k - 1) / k * np.sum((a - a.mean()) * (b - b.mean())))
 
 
 def jackknife_variance(replicates: np.ndarray | None) -> float:
     """Delete-one-group jackknife: (K-1)/K * sum_k (theta_k - mean theta)^2; 0 when None."""
-    if replicates is None or len(replicates) < 2:
-        return 0.0
-    r = np.asarray(replicates, dtype=float)
-    k = len(r)
-    return float((k - 1) / k * np.sum((r - r.mean()) ** 2))
+    return jackknife_covariance(replicates, replicates)
+
+
+def welch_satterthwaite(parts: list[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite df of sum_c v_c with component dfs d_c: (sum v_c)^2 / sum v_c^2 / d_c.
+
+    Components with v_c <= 0 (or non-finite) or d_c <= 0 are dropped; inf when none is left.
+    """
+    parts = [(v, d) for v, d in parts if np.isfinite(v) and v > 0 and d > 0]
+    if not parts:
+        return float("inf")
+    return float(sum(v for v, _ in parts) ** 2 / sum(v**2 / d for v, d in parts))
 
 
 def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
@@ -58,7 +83,7 @@ def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
         return float(df1)
     if v1 <= 0:
         return float(df2)
-    return float((v1 + v2) ** 2 / (v1**2 / df1 + v2**2 / df2))
+    return welch_satterthwaite([(v1, df1), (v2, df2)])
 
 
 def t_interval(estimate: float, psi: np.ndarray, oua_replicates: np.ndarray | None, alpha: float,

@@ -45,39 +45,71 @@ transport uncertainty the probe reveals enters as the unremoved squared bias); t
 Welch-Satterthwaite df over the components (fresh/logged part G - 1 df, probe part m - 1 df,
 OUA part K - 1 df, bias term m - 1 df).
 
-Reporting rule (``EstimationConfig.transport_rule == "correct"``):
+Graded transport audit (``grade_audits``; as cje-eval 0.9.3's five states, with TOST p-values): the
+full-data calibrator's residuals r_j = Y_j - f(S_j) on the probe; delta_hat = HT mean; SE
+prompt-clustered (a prompt may have several probe rows): with u_g = sum_{j in g} c_j the per-prompt
+sums of the design's centred contributions (c_j = r_j - delta_hat, or the stratified form above),
+V = G/(G - 1) sum_g u_g^2 / m^2 (without the G/(G - 1) factor for strata, whose c_j carry their own);
+Kish effective prompts G_eff = (sum_g W_g)^2 / sum_g W_g^2 (W_g the prompt's summed HT weights; G for
+one row per prompt and equal weights); df = min(floor(G_eff) - 1, m - H) >= 1. With margin delta
+(``transport_margin``):
 
-* the probe audit FAILS, or REFUSE-LEVEL fired on the borrowed level (>= 5% of the policy's judge
-  scores outside the calibrated range, ``api.py``) -> report C (``level_source = probe_corrected``,
-  status ``warning`` with the audit / the out-of-range share in ``reasons``);
-* the audit passes -> report theta_lambda (``combined``);
-* no probe and no oracle labels of the policy's own responses -> report B (``borrowed``), status
-  ``warning``: the interval does not include the unmeasured transport error;
-* the policy's own fresh draws carry oracle labels (e.g. the logging policy) -> ``own_labels``
-  for every level estimator (the direct residual term and the DR corrections use those labels;
-  nothing is borrowed).
+* TOST of H0: |gap| >= delta: p_eq = max(P(T >= (delta_hat + delta)/SE), P(T <= (delta_hat - delta)/SE));
+* beyond the margin, H0: |gap| <= delta: p_out = min(1, 2 min(P(T >= (delta_hat - delta)/SE),
+  P(T <= (delta_hat + delta)/SE)));
+* both Holm-adjusted over the audited policies (family-wise error <= alpha per family);
+* state: FAIL if p_out_adj <= alpha (decisive even with few prompts: the floor withholds PASS, not
+  FAIL); else NOT_GRADED if G_eff < ``transport_min_clusters`` (20; cluster-robust SEs under-cover
+  on few clusters) or the SE is undefined; else PASS if p_eq_adj <= alpha; else INCONCLUSIVE.
+  NOT_CHECKED: a policy whose level borrows the calibration without any probe.
+
+Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of a policy with a probe:
+
+* ``graded``: FAIL, or REFUSE-LEVEL fired on the borrowed level (>= 5% of the policy's judge scores
+  outside the calibrated range, ``api.py``) -> C (``probe_corrected``, status ``warning``); PASS ->
+  theta_lambda (``combined``); INCONCLUSIVE / NOT_GRADED -> ``transport_shrinkage``: ``mse`` = theta_lambda
+  as for PASS, or ``pooled`` = an empirical-Bayes shrinkage (``shrunk``): the policies' gaps are
+  treated as draws from a prior of variance tau^2, estimated by the method of moments over the
+  policies of the estimator whose borrowed level may be reported (no FAIL, no REFUSE-LEVEL),
+  tau2_hat = max(0, mean_p (d_hat_p^2 - V_d,p)); policy p's weight is lambda* with
+  b^2 = min(b2_hat_p, tau2_hat) (its own revealed squared gap, capped by the family's: with two or
+  three policies the pooled moment is itself noisy, and one adversarial policy would otherwise pull
+  every benign policy's weight toward its probe), and its interval adds
+  (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left).
+* ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
+  delta = 0 rejects (``TransportAudit.legacy_failed``) or REFUSE-LEVEL fired, theta_lambda otherwise.
+* ``ppi``: the PPI++ level (Angelopoulos, Duchi & Zrnic 2023) whatever the audit says:
+  theta_PPI = lam theta_direct + HT-mean_j (Y_j - lam f(S_j)) with the power-tuned lam of
+  ``ppi_weight`` (lam = 1 is C; lam = 0 the probe's label mean), contributions and replicates as
+  for C with r_j replaced by Y_j - lam f_j; lam is treated as fixed in the interval.
+* every correcting rule: no probe and no oracle labels of the policy's own responses -> B
+  (``borrowed``), status ``warning`` (audit NOT_CHECKED): the interval does not include the
+  unmeasured transport error; the policy's own fresh draws carry oracle labels (e.g. the logging
+  policy) -> ``own_labels`` for every level estimator (the direct residual term and the DR
+  corrections use those labels; nothing is borrowed).
+* ``refuse``: only ``level_source`` is filled and an audit FAIL refuses the rows (``api.py``).
 
 Rows of ``naive``/``snips``/``calibrated_ips`` get ``level_source = not_borrowed`` (naive is on
 the judge scale; IPS applies f to the logging policy's own responses, where it was learned).
-With ``transport_rule == "refuse"`` (legacy) only ``level_source`` is filled (``borrowed``/
-``own_labels``/``not_borrowed``) and a failed audit refuses the rows (``api.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from arena_cje.cje.calibration import CrossFitCalibration
+from arena_cje.cje.comparisons import adjust_p_values
 from arena_cje.cje.context import EstimationContext
 from arena_cje.cje.estimators import EstimatorOutput, run_estimator
-from arena_cje.cje.inference import jackknife_variance
+from arena_cje.cje.inference import cluster_covariance, jackknife_covariance, jackknife_variance, welch_satterthwaite
 
 LEVEL_ESTIMATORS = ("direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 TRANSPORT_COLUMNS = ["level_source", "borrowed_estimate", "corrected_estimate", "corrected_std_error", "probe_weight",
-                     "transport_bias_sq", "var_transport"]
+                     "correction_weight", "transport_bias_sq", "var_transport"]
 
 
 @dataclass(frozen=True)
@@ -120,20 +152,6 @@ class LevelReport:
     var_oua: float
     var_transport: float
     contributions: Contributions | None
-
-
-def _cluster_cov(a: np.ndarray, b: np.ndarray) -> float:
-    """Cov(mean a, mean b) for contributions on the same index: sum_g (a_g - a_bar)(b_g - b_bar) / (G (G - 1))."""
-    g = len(a)
-    return float(np.sum((a - a.mean()) * (b - b.mean())) / (g * (g - 1))) if g > 1 else float("nan")
-
-
-def _jack_cov(a: np.ndarray | None, b: np.ndarray | None) -> float:
-    """(K-1)/K sum_k (a_k - a_bar)(b_k - b_bar); 0 without replicates."""
-    if a is None or b is None or len(a) < 2:
-        return 0.0
-    k = len(a)
-    return float((k - 1) / k * np.sum((a - a.mean()) * (b - b.mean())))
 
 
 def probe_residuals(ctx: EstimationContext, probe: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
@@ -230,8 +248,6 @@ def with_inclusion_probs(data, raw_probes: dict[str, pd.DataFrame]):
     inclusion probabilities (``labeling.probe_strata > 1``) are carried over here. Probes whose raw
     frame has no ``inclusion_prob`` are left as they are (simple random sampling).
     """
-    from dataclasses import replace
-
     probes = dict(data.probes)
     for p, raw in (raw_probes or {}).items():
         if p not in probes or "inclusion_prob" not in raw.columns or "inclusion_prob" in probes[p].columns:
@@ -244,11 +260,198 @@ def with_inclusion_probs(data, raw_probes: dict[str, pd.DataFrame]):
     return replace(data, probes=probes)
 
 
+# ----------------------------------------------------------------------------------------------
+# The graded transport audit
+# ----------------------------------------------------------------------------------------------
+
+PASS, FAIL, INCONCLUSIVE, NOT_GRADED, NOT_CHECKED = "PASS", "FAIL", "INCONCLUSIVE", "NOT_GRADED", "NOT_CHECKED"
+AUDIT_STATES = (PASS, FAIL, INCONCLUSIVE, NOT_GRADED, NOT_CHECKED)
+
+
+@dataclass(frozen=True)
+class TransportAudit:
+    """Graded probe audit of one policy (module docstring, "Graded transport audit").
+
+    Attributes:
+        policy: Target policy.
+        state: ``PASS``, ``FAIL``, ``INCONCLUSIVE``, ``NOT_GRADED`` or ``NOT_CHECKED``.
+        n_probe: Probe rows m. n_clusters: Distinct prompts. effective_clusters: Kish effective
+            number of prompts (sum_g W_g)^2 / sum_g W_g^2, W_g the prompt's summed HT weights.
+        mean_residual: delta_hat (HT-weighted mean of Y - f(S) over the probe).
+        std_error: Prompt-clustered SE of delta_hat. df: t degrees of freedom.
+        ci_lower, ci_upper: 1 - alpha t interval of the mean residual (unadjusted).
+        p_value: Two-sided p of delta = 0 (unadjusted; the legacy rule's test).
+        p_equivalence: TOST p of |delta| >= margin (max of the two one-sided p's).
+        p_beyond_margin: p of |delta| <= margin (2 x the smaller one-sided p, capped at 1).
+        p_equivalence_adj, p_beyond_margin_adj: Holm-adjusted over the audited policies.
+        margin: delta (``estimation.transport_margin``). alpha: family-wise level.
+        min_clusters: Effective clusters required to grade PASS / INCONCLUSIVE.
+    """
+
+    policy: str
+    state: str
+    n_probe: int = 0
+    n_clusters: int = 0
+    effective_clusters: float = 0.0
+    mean_residual: float = float("nan")
+    std_error: float = float("nan")
+    df: float = float("nan")
+    ci_lower: float = float("nan")
+    ci_upper: float = float("nan")
+    p_value: float = float("nan")
+    p_equivalence: float = float("nan")
+    p_beyond_margin: float = float("nan")
+    p_equivalence_adj: float = float("nan")
+    p_beyond_margin_adj: float = float("nan")
+    margin: float = float("nan")
+    alpha: float = 0.05
+    min_clusters: float = 20.0
+
+    @property
+    def passed(self) -> bool:
+        """Equivalence established (state PASS)."""
+        return self.state == PASS
+
+    @property
+    def failed(self) -> bool:
+        """Gap beyond the margin established (state FAIL)."""
+        return self.state == FAIL
+
+    @property
+    def legacy_failed(self) -> bool:
+        """Today's (``transport_rule: correct``) criterion: |delta_hat| > margin and the t test of delta = 0 rejects."""
+        return bool(np.isfinite(self.mean_residual) and abs(self.mean_residual) > self.margin
+                    and self.p_value < self.alpha)
+
+    def describe(self) -> str:
+        """One line for reasons and reports: state, residual, SE, clusters."""
+        if self.state == NOT_CHECKED:
+            return "NOT_CHECKED (no probe)"
+        return (f"{self.state} (probe mean residual {self.mean_residual:+.3f}, SE {self.std_error:.3f}, "
+                f"n={self.n_probe}, {self.effective_clusters:.0f} effective prompts, margin +/-{self.margin:g})")
+
+    def as_row(self) -> dict:
+        """A flat dict for the transport table (``passed`` kept for readers of the old two-state table)."""
+        return {**self.__dict__, "passed": self.passed}
+
+
+def clustered_mean(r: np.ndarray, clusters: np.ndarray, design: ProbeDesign) -> tuple[float, float, int, float]:
+    """(delta_hat, prompt-clustered SE, prompts G, Kish effective prompts) of the probe mean (module docstring).
+
+    Per-prompt sums u_g of the design's centred contributions c_j (r_j - r_bar, or the stratified
+    form): V = sum_g u_g^2 / m^2, times G / (G - 1) without strata (the small-sample factor the
+    stratified form already carries per stratum). One row per prompt gives s^2/m (resp. the stratified
+    variance) exactly.
+    """
+    codes, uniq = pd.factorize(np.asarray(clusters, dtype=object))
+    g, m = len(uniq), len(r)
+    wg = np.bincount(codes, weights=design.weights, minlength=g)
+    eff = float(wg.sum() ** 2 / np.sum(wg**2)) if g else 0.0
+    d = design.mean(r)
+    if g < 2:
+        return d, float("nan"), g, eff
+    u = np.bincount(codes, weights=design.centred(r), minlength=g)
+    v = float(np.sum(u**2) / m**2) * (1.0 if design.stratified else g / (g - 1))
+    return d, float(np.sqrt(max(v, 0.0))), g, eff
+
+
+def _one_sided(t_lo: float, t_hi: float, df: float) -> tuple[float, float]:
+    """(P(T >= t_lo), P(T <= t_hi)) for T ~ t(df)."""
+    return float(stats.t.sf(t_lo, df)), float(stats.t.cdf(t_hi, df))
+
+
+def probe_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float,
+                min_clusters: float = 20.0) -> TransportAudit:
+    """Raw (unadjusted) audit statistics of one probe; ``state`` is set by ``grade_audits``.
+
+    Residuals r = Y - f(S) of the full-data calibrator; mean, clustered SE and effective prompts by
+    ``clustered_mean``; df = min(floor(G_eff) - 1, m - H) >= 1.
+    """
+    r = probe["oracle_label"].to_numpy(dtype=float) - cal.predict_full(probe)
+    design = probe_design(probe, f"probes[{policy}]")
+    d, se, g, eff = clustered_mean(r, probe["prompt_id"].to_numpy(dtype=object), design)
+    df = float(max(min(int(np.floor(eff)) - 1, design.df), 1))
+    nan = float("nan")
+    if not np.isfinite(se):
+        return TransportAudit(policy, NOT_GRADED, len(r), g, eff, d, se, df, nan, nan, nan, nan, nan,
+                              margin=margin, alpha=alpha, min_clusters=min_clusters)
+    if se > 0:
+        q = float(stats.t.ppf(1 - alpha / 2, df))
+        p0 = float(2 * stats.t.sf(abs(d) / se, df))
+        p_lo, p_hi = _one_sided((d + margin) / se, (d - margin) / se, df)  # TOST: delta > -margin, delta < margin
+        p_up, p_down = _one_sided((d - margin) / se, (d + margin) / se, df)  # beyond: delta > margin, delta < -margin
+    else:  # constant residuals: the tests are exact
+        q = 0.0
+        p0 = 0.0 if d != 0 else 1.0
+        p_lo = p_hi = 0.0 if abs(d) < margin else 1.0
+        p_up = p_down = 0.0 if abs(d) > margin else 1.0
+    return TransportAudit(policy, INCONCLUSIVE, len(r), g, eff, d, se, df, d - q * se, d + q * se, p0,
+                          max(p_lo, p_hi), min(1.0, 2 * min(p_up, p_down)), margin=margin, alpha=alpha,
+                          min_clusters=min_clusters)
+
+
+def classify_audit(a: TransportAudit) -> str:
+    """State from the adjusted p-values (module docstring): FAIL, then NOT_GRADED below the cluster floor, PASS, INCONCLUSIVE."""
+    if not np.isfinite(a.p_beyond_margin_adj):
+        return NOT_GRADED
+    if a.p_beyond_margin_adj <= a.alpha:
+        return FAIL  # decisive even on few prompts: the floor withholds PASS, not FAIL
+    if a.effective_clusters < a.min_clusters:
+        return NOT_GRADED
+    if a.p_equivalence_adj <= a.alpha:
+        return PASS
+    return INCONCLUSIVE
+
+
+def grade_audits(probes: dict[str, pd.DataFrame], cal: CrossFitCalibration, margin: float, alpha: float,
+                 min_clusters: float = 20.0, unprobed: list[str] | tuple[str, ...] = ()) -> dict[str, TransportAudit]:
+    """Audit every probe, Holm-adjust across the audited policies, and grade (module docstring).
+
+    Args:
+        probes: Policy -> oracle-labelled probe (empty frames are treated as no probe).
+        cal: The calibration.
+        margin: delta, the equivalence margin on the mean residual.
+        alpha: Family-wise level of the audits.
+        min_clusters: No PASS (nor INCONCLUSIVE) below this many effective prompts: NOT_GRADED.
+        unprobed: Policies whose levels borrow the calibration without a probe: ``NOT_CHECKED``.
+
+    Returns:
+        Policy -> graded ``TransportAudit``.
+    """
+    raw = {p: probe_audit(p, pr, cal, margin, alpha, min_clusters) for p, pr in probes.items() if len(pr)}
+    names = list(raw)
+    p_eq = adjust_p_values(np.array([raw[p].p_equivalence for p in names], dtype=float), "holm")
+    p_out = adjust_p_values(np.array([raw[p].p_beyond_margin for p in names], dtype=float), "holm")
+    out = {}
+    for p, qe, qo in zip(names, p_eq, p_out, strict=True):
+        a = replace(raw[p], p_equivalence_adj=float(qe), p_beyond_margin_adj=float(qo))
+        out[p] = replace(a, state=classify_audit(a))
+    for p in unprobed:
+        if p not in out:
+            out[p] = TransportAudit(p, NOT_CHECKED, margin=margin, alpha=alpha, min_clusters=min_clusters)
+    return out
+
+
+def transport_audit(policy: str, probe: pd.DataFrame, cal: CrossFitCalibration, margin: float, alpha: float,
+                    min_clusters: float = 20.0) -> TransportAudit:
+    """Graded audit of a single policy (a family of one: no multiplicity adjustment)."""
+    return grade_audits({policy: probe}, cal, margin, alpha, min_clusters)[policy]
+
+
 def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray, rk: np.ndarray | None,
-                    design: ProbeDesign | None = None) -> Contributions:
-    """C = theta_direct + (HT-weighted) mean_j r_j as contributions on the union of prompts (module docstring)."""
+                    design: ProbeDesign | None = None, weight: float = 1.0) -> Contributions:
+    """C(lam) = lam theta_direct + (HT-weighted) mean_j (Y_j - lam f(S_j)) as contributions on the union of prompts.
+
+    ``weight`` lam = 1 (default) is the probe-corrected level C = theta_direct + mean_j r_j (module
+    docstring); another lam is the PPI++ level (``ppi_weight``): the probe term becomes
+    Y_j - lam f_j = (1 - lam) Y_j + lam r_j and the fresh-draw term lam psi_direct.
+    """
     design = design or probe_design(probe)
     m = len(r)
+    if weight != 1.0:
+        y = probe["oracle_label"].to_numpy(dtype=float)
+        r = (1 - weight) * y + weight * r
+        rk = None if rk is None else (1 - weight) * y + weight * rk
     pid = probe["prompt_id"].to_numpy(dtype=object)
     codes, uniq = pd.factorize(pid)
     # Hajek (ratio) form of the probe mean: centred residuals, so the fixed-size probe contributes
@@ -256,68 +459,162 @@ def probe_corrected(direct: EstimatorOutput, probe: pd.DataFrame, r: np.ndarray,
     rbar = design.mean(r)
     rho = pd.Series(np.bincount(codes, weights=design.centred(r), minlength=len(uniq)), index=pd.Index(uniq, name="prompt_id"))
     idx = direct.psi.index.union(rho.index)
-    psi = pd.Series(rbar, index=idx).add(len(idx) / len(direct.psi) * direct.psi, fill_value=0.0)
+    psi = pd.Series(rbar, index=idx).add(weight * len(idx) / len(direct.psi) * direct.psi, fill_value=0.0)
     psi = psi.add(len(idx) / m * rho, fill_value=0.0)
     reps = None
     if direct.oua_replicates is not None and rk is not None:
-        reps = direct.oua_replicates + rk @ design.weights
-    return Contributions(float(direct.estimate + rbar), psi, reps)
+        reps = weight * direct.oua_replicates + rk @ design.weights
+    return Contributions(float(weight * direct.estimate + rbar), psi, reps)
 
 
-def _satterthwaite(parts: list[tuple[float, float]]) -> float:
-    """Welch-Satterthwaite df of sum_c v_c with component dfs (components with v_c <= 0 dropped)."""
-    parts = [(v, d) for v, d in parts if v > 0 and np.isfinite(v) and d > 0]
-    if not parts:
-        return float("inf")
-    return float(sum(v for v, _ in parts) ** 2 / sum(v**2 / d for v, d in parts))
+# ----------------------------------------------------------------------------------------------
+# PPI++ power-tuned weight
+# ----------------------------------------------------------------------------------------------
+
+PPI_MIN_CLUSTERS = 20
+PPI_MIN_MINORITY = 5
 
 
-def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float, n_folds: int, alpha: float,
-                   force_corrected: bool) -> LevelReport:
-    """Report B, C or the bias-aware combination theta_lambda with its interval (module docstring).
+def ppi_weight(y: np.ndarray, f: np.ndarray, weights: np.ndarray, clusters: np.ndarray, n_fresh: int,
+               n_independent: int) -> tuple[float, str]:
+    """PPI++ power-tuned weight lam on the calibrated prediction, clipped to [0, 1], and why (module docstring).
 
-    Args:
-        b: Borrowed estimate.
-        c: Probe-corrected estimate.
-        m: Probe size (df of the probe and bias terms).
-        probe_var: var(r)/m, the probe term's share of Var(C) (for the df split only).
-        n_folds: K (df of the OUA part is K - 1).
-        alpha: 1 - CI level.
-        force_corrected: True when the audit failed (lambda = 1).
+    lam = Cov_w(f, Y) / ((1 + n_ind / N) Var_w(f)) on the probe (weights ``weights``: the normalised
+    HT weights), N = number of fresh draws of the policy, n_ind = probe rows that are NOT among them
+    (Angelopoulos, Duchi & Zrnic 2023, "PPI++", mean estimation: lam = Cov / ((1 + n/N) Var) for an
+    independent labelled sample; for a probe drawn from the fresh draws themselves the variance of
+    lam mean_N f + mean_n (Y - lam f) is minimised by the plain slope Cov / Var, i.e. n_ind = 0).
+    Falls back to lam = 1 (the plain probe correction) with fewer than ``PPI_MIN_CLUSTERS`` probe
+    prompts, fewer than ``PPI_MIN_MINORITY`` probe prompts whose label differs from the most common
+    one (the slope is then noise), or predictions without variance (as cje-eval 0.9.3 does).
+
+    Returns:
+        (lam, reason): reason ``tuned``, ``too_few_clusters``, ``rare_outcome`` or ``constant_predictions``.
     """
-    # Both embedded on the union U of their prompts, scaled by |U|/G so each averages to its own estimate.
+    y, f, w = (np.asarray(a, dtype=float) for a in (y, f, weights))
+    clusters = np.asarray(clusters, dtype=object)
+    if len(pd.unique(clusters)) < PPI_MIN_CLUSTERS:
+        return 1.0, "too_few_clusters"
+    rounded = np.round(y, 6)
+    per_value = pd.Series(clusters).groupby(rounded).nunique()
+    modal = per_value.idxmax()
+    if len(pd.unique(clusters[rounded != modal])) < PPI_MIN_MINORITY:
+        return 1.0, "rare_outcome"
+    fc = f - np.average(f, weights=w)
+    var_f = float(np.average(fc**2, weights=w))
+    if not np.isfinite(var_f) or var_f <= 1e-12:
+        return 1.0, "constant_predictions"
+    cov = float(np.average(fc * (y - np.average(y, weights=w)), weights=w))
+    factor = 1.0 + n_independent / max(n_fresh, 1)
+    return float(np.clip(cov / (factor * var_f), 0.0, 1.0)), "tuned"
+
+
+def _independent_probe_rows(probe: pd.DataFrame, fresh: pd.DataFrame | None) -> int:
+    """How many probe rows are not among the policy's fresh draws (matched on prompt_id and draw_idx)."""
+    if fresh is None or "draw_idx" not in probe.columns or "draw_idx" not in fresh.columns:
+        return len(probe)
+    keys = set(zip(fresh["prompt_id"].astype(str), pd.to_numeric(fresh["draw_idx"]).astype(float), strict=True))
+    pk = zip(probe["prompt_id"].astype(str), pd.to_numeric(probe["draw_idx"]).astype(float), strict=True)
+    return int(sum(k not in keys for k in pk))
+
+
+# ----------------------------------------------------------------------------------------------
+# Combining borrowed and probe-corrected levels
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LevelMoments:
+    """B and C embedded on the union U of their prompts, with their (co)variances (module docstring).
+
+    Attributes:
+        index: U. pb, pc: contributions of B and C on U (scaled by |U|/G so each averages to its estimate).
+        vb, vc, cbc: Var(B), Var(C), Cov(B, C) (cluster + jackknife).
+        d: d_hat = C - B. vd: Var(d_hat). b2: b2_hat = max(0, d_hat^2 - V_d).
+    """
+
+    b: Contributions
+    c: Contributions
+    index: pd.Index
+    pb: np.ndarray
+    pc: np.ndarray
+    vb: float
+    vc: float
+    cbc: float
+    d: float
+    vd: float
+    b2: float
+
+
+def level_moments(b: Contributions, c: Contributions) -> LevelMoments:
+    """Align B and C on the union of their prompts and compute the moments the weights need."""
     idx = b.psi.index if b.psi.index.equals(c.psi.index) else b.psi.index.union(c.psi.index)
     pb = b.psi.reindex(idx, fill_value=0.0).to_numpy(dtype=float) * (len(idx) / len(b.psi))
     pc = c.psi.reindex(idx, fill_value=0.0).to_numpy(dtype=float) * (len(idx) / len(c.psi))
-    vb = _cluster_cov(pb, pb) + _jack_cov(b.replicates, b.replicates)
-    vc = _cluster_cov(pc, pc) + _jack_cov(c.replicates, c.replicates)
-    cbc = _cluster_cov(pb, pc) + _jack_cov(b.replicates, c.replicates)
+    vb = cluster_covariance(pb, pb) + jackknife_covariance(b.replicates, b.replicates)
+    vc = cluster_covariance(pc, pc) + jackknife_covariance(c.replicates, c.replicates)
+    cbc = cluster_covariance(pb, pc) + jackknife_covariance(b.replicates, c.replicates)
     d = c.estimate - b.estimate
     vd = max(vb + vc - 2 * cbc, 0.0)
-    b2 = max(0.0, d**2 - vd)
-    if force_corrected:
-        lam = 1.0
-    elif vd + b2 > 0:
-        lam = float(np.clip((b2 + vb - cbc) / (vd + b2), 0.0, 1.0))
-    else:
-        lam = 0.0
-    est = b.estimate + lam * d
-    psi = (1 - lam) * pb + lam * pc
+    return LevelMoments(b, c, idx, pb, pc, vb, vc, cbc, d, vd, max(0.0, d**2 - vd))
+
+
+def optimal_weight(mo: LevelMoments, bias_sq: float) -> float:
+    """lam* = (b^2 - Cov(B, d)) / (V_d + b^2) clipped to [0, 1], Cov(B, d) = Cov_BC - V_B (module docstring)."""
+    if mo.vd + bias_sq <= 0:
+        return 0.0
+    return float(np.clip((bias_sq + mo.vb - mo.cbc) / (mo.vd + bias_sq), 0.0, 1.0))
+
+
+def pooled_bias_sq(moments: list[LevelMoments]) -> float:
+    """Empirical-Bayes prior variance of the transport gaps: tau^2 = max(0, mean_p (d_p^2 - V_d,p)) (module docstring)."""
+    vals = [mo.d**2 - mo.vd for mo in moments if np.isfinite(mo.d) and np.isfinite(mo.vd)]
+    return float(max(0.0, np.mean(vals))) if vals else 0.0
+
+
+def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float, n_folds: int, alpha: float,
+                   force_corrected: bool = False, bias_sq: float | None = None, source: str | None = None,
+                   moments: LevelMoments | None = None, interval_bias_sq: float | None = None) -> LevelReport:
+    """Report B + lam (C - B) with its interval (module docstring).
+
+    Args:
+        b: Borrowed estimate.
+        c: Probe-corrected estimate (or the PPI++ level).
+        m: Probe size (df of the probe and bias terms).
+        probe_var: Variance of the probe mean, the probe term's share of Var(C) (for the df split only).
+        n_folds: K (df of the OUA part is K - 1).
+        alpha: 1 - CI level.
+        force_corrected: lam = 1 (audit FAIL, REFUSE-LEVEL, the PPI++ rule).
+        bias_sq: The squared transport gap of B used for lam and (unless ``interval_bias_sq``) for the
+            unremoved-bias variance term: None = this policy's own b2_hat (``combined``); the
+            ``pooled`` shrinkage passes min(b2_hat, tau^2) (``pooled_bias_sq``).
+        source: ``level_source`` to record (default ``probe_corrected`` / ``combined``).
+        moments: Precomputed ``level_moments(b, c)``.
+        interval_bias_sq: The squared gap whose unremoved share (1 - lam)^2 enters the variance, when it
+            differs from the one that sets lam (default ``bias_sq``).
+    """
+    mo = moments or level_moments(b, c)
+    b2 = mo.b2 if bias_sq is None else float(bias_sq)
+    lam = 1.0 if force_corrected else optimal_weight(mo, b2)
+    est = b.estimate + lam * mo.d
+    psi = (1 - lam) * mo.pb + lam * mo.pc
     reps = None
     if b.replicates is not None and c.replicates is not None:
         reps = (1 - lam) * b.replicates + lam * c.replicates
-    v_if = _cluster_cov(psi, psi)
+    v_if = cluster_covariance(psi, psi)
     v_oua = jackknife_variance(reps)
-    v_bias = (1 - lam) ** 2 * b2
+    v_bias = (1 - lam) ** 2 * (b2 if interval_bias_sq is None else float(interval_bias_sq))
     v = v_if + v_oua + v_bias
     # df split: the probe term of psi has m - 1 df, the rest G - 1.
     probe_part = min(lam**2 * probe_var, v_if)
-    df = _satterthwaite([(v_if - probe_part, len(psi) - 1), (probe_part, m - 1), (v_oua, n_folds - 1), (v_bias, m - 1)])
+    df = welch_satterthwaite([(v_if - probe_part, len(psi) - 1), (probe_part, m - 1), (v_oua, n_folds - 1),
+                              (v_bias, m - 1)])
     se = float(np.sqrt(v))
     q = float(stats.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(stats.norm.ppf(1 - alpha / 2))
-    source = "probe_corrected" if force_corrected else "combined"
+    source = source or ("probe_corrected" if force_corrected else "combined")
     return LevelReport(source, float(est), se, est - q * se, est + q * se, df, b.estimate, c.estimate,
-                       float(np.sqrt(vc)), lam, b2, v_if, v_oua, v_bias, Contributions(float(est), pd.Series(psi, index=idx), reps))
+                       float(np.sqrt(mo.vc)), lam, b2, v_if, v_oua, v_bias,
+                       Contributions(float(est), pd.Series(psi, index=mo.index), reps))
 
 
 def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
@@ -326,13 +623,50 @@ def has_own_labels(ctx: EstimationContext, policy: str) -> bool:
     return f is not None and int(f.labelled.sum()) >= 2
 
 
+@dataclass
+class _Pending:
+    """A borrowed level row with a probe, waiting for the rule (two passes: the pooled prior needs all).
+
+    ``c`` is the probe-based level the rule uses: C (correction weight 1) or the PPI++ level
+    (``ppi_lam`` < 1; rule ``ppi`` or ``transport_correction_weight: tuned``); ``probe_var`` the
+    variance of its probe mean.
+    """
+
+    i: int
+    policy: str
+    name: str
+    out: EstimatorOutput
+    c: Contributions
+    moments: LevelMoments
+    design: ProbeDesign
+    r: np.ndarray
+    probe_var: float
+    ppi_lam: float
+
+
+def _rule_for(rule: str, shrinkage: str, audit: TransportAudit | None, force_probe: bool) -> str:
+    """Which value a borrowed level with a probe reports: ``corrected``, ``combined``, ``shrunk`` or ``ppi``."""
+    if rule == "ppi":
+        return "ppi"
+    if force_probe:
+        return "corrected"
+    if rule == "correct":  # today's two-state rule (legacy criterion)
+        return "corrected" if audit is not None and audit.legacy_failed else "combined"
+    # graded
+    if audit is None or audit.state == FAIL:
+        return "corrected"
+    if audit.state == PASS or shrinkage == "mse":
+        return "combined"
+    return "shrunk"
+
+
 def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits: dict, statuses: dict) -> pd.DataFrame:
-    """Add ``TRANSPORT_COLUMNS`` and, under ``transport_rule == "correct"``, replace borrowed levels.
+    """Add ``TRANSPORT_COLUMNS`` and, under a correcting ``transport_rule``, replace borrowed levels.
 
     Args:
         ctx: The estimation context (calibration, memoised outputs, config).
         estimates: Rows built by ``estimate_policies`` (one per policy x estimator).
-        audits: Policy -> ``TransportAudit`` (policies with a probe).
+        audits: Policy -> ``TransportAudit`` (``grade_audits``).
         statuses: (policy, estimator) -> row status objects (``refused``, ``warned``, ``reasons``);
             updated in place so that paired differences see the same status.
 
@@ -344,13 +678,16 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
     for col in TRANSPORT_COLUMNS:
         est[col] = "not_borrowed" if col == "level_source" else np.nan
     est["borrowed_estimate"] = est["estimate"]
-    correct = ctx.config.transport_rule == "correct"
+    rule, shrinkage = ctx.config.transport_rule, ctx.config.transport_shrinkage
+    correct = rule != "refuse"
     probes = ctx.data.probes
     if correct and ctx.cal is not None:
         for p in probes:
             run_estimator(ctx, p, "direct")
     # Borrowed outputs as the estimators produced them (reported ones replace them in ctx.outputs below).
     original = dict(ctx.outputs)
+    pending: list[_Pending] = []
+    residuals: dict[str, tuple] = {}
     for i, row in est.iterrows():
         policy, name = row["policy"], row["estimator"]
         if name not in LEVEL_ESTIMATORS:
@@ -369,36 +706,67 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         if probe is None or len(probe) < 2:
             if not st.refused:
                 st.warned = True
-                st.reasons.append("no oracle-labelled probe of this policy: the level borrows the logging policy's "
-                                  "calibration; transport unverified and not in the CI")
+                st.reasons.append("no oracle-labelled probe of this policy (transport audit NOT_CHECKED): the level "
+                                  "borrows the logging policy's calibration; transport unverified and not in the CI")
                 est.at[i, "status"], est.at[i, "reasons"] = st.status, "; ".join(st.reasons)
             continue
         direct = original[(policy, "direct")]
         if direct.n < 2 or not np.isfinite(direct.estimate) or st.refused:
             continue
-        r, rk = probe_residuals(ctx, probe)
-        design = probe_design(probe, f"probes[{policy}]")
-        c = probe_corrected(direct, probe, r, rk, design)
+        if policy not in residuals:
+            r, rk = probe_residuals(ctx, probe)
+            residuals[policy] = (r, rk, probe_design(probe, f"probes[{policy}]"))
+        r, rk, design = residuals[policy]
+        lam, why = 1.0, "one"
+        if rule == "ppi" or ctx.config.transport_correction_weight == "tuned":
+            y = probe["oracle_label"].to_numpy(dtype=float)
+            lam, why = ppi_weight(y, y - r, design.weights, probe["prompt_id"].to_numpy(dtype=object),
+                                  len(ctx.data.fresh[policy]), _independent_probe_rows(probe, ctx.data.fresh.get(policy)))
+            if why != "tuned":
+                st.reasons.append(f"PPI++ weight fell back to 1 ({why})")
+        c = probe_corrected(direct, probe, r, rk, design, weight=lam)
+        # Variance of the probe mean of Y - lam f(S) = (1 - lam) Y + lam r (the df split of the interval).
+        probe_var = design.variance(r if lam == 1.0 else (1 - lam) * probe["oracle_label"].to_numpy(dtype=float) + lam * r)
+        b = Contributions(out.estimate, out.psi, out.oua_replicates)
+        pending.append(_Pending(i, policy, name, out, c, level_moments(b, c), design, r, probe_var, lam))
+    # Empirical-Bayes prior of the transport gaps, per estimator, over the policies whose borrowed level
+    # may be reported at all (the rule would not force the probe-corrected value: no FAIL, no REFUSE-LEVEL).
+    eligible = [q for q in pending if _rule_for(rule, shrinkage, audits.get(q.policy), statuses[(q.policy, q.name)].force_probe)
+                != "corrected"]
+    tau2 = {name: pooled_bias_sq([q.moments for q in eligible if q.name == name]) for name in {q.name for q in pending}}
+    for q in pending:
+        policy, name, out, i = q.policy, q.name, q.out, q.i
+        st = statuses[(policy, name)]
         audit = audits.get(policy)
-        # REFUSE-LEVEL on the borrowed level (api._apply_gates) also calls for the probe-corrected value.
-        failed = (audit is not None and not audit.passed) or st.force_probe
-        rep = combine_levels(Contributions(out.estimate, out.psi, out.oua_replicates), c, design.df + 1,
-                             design.variance(r), ctx.K, ctx.config.alpha, force_corrected=failed)
-        if failed and audit is not None and not audit.passed:
+        which = _rule_for(rule, shrinkage, audit, st.force_probe)
+        b = q.moments.b
+        m = q.design.df + 1
+        if which in ("ppi", "corrected"):
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, force_corrected=True,
+                                 source="ppi" if which == "ppi" else "probe_corrected", moments=q.moments)
+        elif which == "shrunk":
+            # Weight from the smaller of the policy's own revealed squared gap and the family's prior
+            # variance (an unlucky probe cannot pull the weight beyond what the family supports, nor another
+            # policy's large gap beyond what this policy's own probe shows); interval from the larger.
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha,
+                                 bias_sq=min(q.moments.b2, tau2[name]), source="shrunk", moments=q.moments,
+                                 interval_bias_sq=max(q.moments.b2, tau2[name]))
+        else:
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, moments=q.moments)
+        if audit is not None and which != "ppi" and (audit.state == FAIL if rule == "graded" else audit.legacy_failed):
             st.warned = True
-            st.reasons.append(
-                f"transport audit failed (probe mean residual {audit.mean_residual:+.3f}, SE {audit.std_error:.3f}, "
-                f"n={audit.n_probe}): reporting the probe-corrected level (borrowed {out.estimate:.3f})"
-            )
+            why = ("" if rule == "graded" else "|mean residual| > margin and its t test rejects; graded ")
+            st.reasons.append(f"transport audit failed ({why}{audit.describe()}): reporting the probe-corrected level "
+                              f"(borrowed {out.estimate:.3f})")
         est.loc[i, ["estimate", "std_error", "ci_lower", "ci_upper", "df", "var_if", "var_oua", "var_transport"]] = [
             rep.estimate, rep.std_error, rep.ci_lower, rep.ci_upper, rep.df, rep.var_if, rep.var_oua, rep.var_transport]
-        est.loc[i, ["level_source", "corrected_estimate", "corrected_std_error", "probe_weight", "transport_bias_sq"]] = [
-            rep.source, rep.corrected, rep.corrected_se, rep.weight, rep.bias_sq]
+        est.loc[i, ["level_source", "corrected_estimate", "corrected_std_error", "probe_weight", "correction_weight",
+                    "transport_bias_sq"]] = [rep.source, rep.corrected, rep.corrected_se, rep.weight, q.ppi_lam, rep.bias_sq]
         est.at[i, "status"], est.at[i, "reasons"] = st.status, "; ".join(st.reasons)
         k = rep.contributions
         ctx.outputs[(policy, name)] = EstimatorOutput(
-            policy, name, k.estimate, k.psi, k.replicates, oracle_n=out.oracle_n + len(r), uses_weights=out.uses_weights,
+            policy, name, k.estimate, k.psi, k.replicates, oracle_n=out.oracle_n + len(q.r), uses_weights=out.uses_weights,
             reasons=list(st.reasons), warned=st.warned, extras={**out.extras, "level_source": rep.source,
-                                                               "probe_weight": rep.weight})
-        est.at[i, "oracle_n"] = out.oracle_n + len(r)
+                                                               "probe_weight": rep.weight, "ppi_weight": q.ppi_lam})
+        est.at[i, "oracle_n"] = out.oracle_n + len(q.r)
     return est

@@ -15,6 +15,10 @@ from .figures import plot_calibration, plot_differences, plot_forest, plot_weigh
 from .tables import differences_vs_baseline, flatten_parameters
 from .verdicts import decision_estimator, decision_sentence, policy_verdicts
 
+#: Columns of the transport audit table shown in the report (``cje.transport.TransportAudit``).
+TRANSPORT_REPORT_COLUMNS = ["policy", "state", "n_probe", "effective_clusters", "mean_residual", "std_error", "ci_lower",
+                            "ci_upper", "margin", "p_equivalence_adj", "p_beyond_margin_adj"]
+
 #: Section ids, in order (tests check each has content).
 SECTION_IDS = (
     "verdicts", "estimates", "differences", "calibration", "weights", "transport", "budget", "stages",
@@ -177,16 +181,22 @@ def build_report(
     gate_rows = policy_estimates[policy_estimates["status"] != "ok"][["policy", "estimator", "status", "reasons"]]
     tblocks: list[Any] = []
     if len(transport):
-        failed = transport[~transport["passed"].astype(bool)]
+        states = transport["state"] if "state" in transport else transport["passed"].map({True: "PASS", False: "FAIL"})
+        shown = [c for c in TRANSPORT_REPORT_COLUMNS if c in transport.columns]
+        counts = states.value_counts()
         tblocks += [
-            "Transport audit: the calibrator's mean residual (oracle − calibrated judge) on each target policy's "
-            "oracle-labelled probe (Horvitz–Thompson weighted when the probe is stratified). It fails when the "
-            "residual is both larger than the margin and significant; a failing policy's level estimates then "
-            "report the probe-corrected value (transport_rule correct) or are refused (transport_rule refuse). "
-            "REFUSE-LEVEL: a level resting on the calibration is refused when 5% or more of the judge scores it "
-            "uses lie outside the judge range of the labelled slice.",
-            transport,
-            (f"Failed: {', '.join(failed['policy'])}." if len(failed) else "Every audited policy passed."),
+            "Transport audit: an equivalence test of the calibrator's mean residual (oracle − calibrated judge) on "
+            "each target policy's oracle-labelled probe against the margin ±δ (Horvitz–Thompson weighted when the "
+            "probe is stratified; prompt-clustered standard errors; Holm-adjusted across the audited policies). "
+            "PASS: the residual is within the margin; FAIL: it is beyond the margin; INCONCLUSIVE: neither is "
+            "established; NOT_GRADED: fewer than the required effective probe prompts (no PASS); NOT_CHECKED: no "
+            "probe. Level estimates of a FAIL report the probe-corrected value, of a PASS the bias-aware "
+            "combination of borrowed and probe-corrected, of INCONCLUSIVE / NOT_GRADED a shrinkage between them "
+            "(column level_source; transport_rule refuse refuses a FAIL instead). REFUSE-LEVEL: a level resting on "
+            "the calibration is refused when 5% or more of the judge scores it uses lie outside the judge range "
+            "of the labelled slice.",
+            transport.assign(state=states)[shown] if shown else transport,
+            "States: " + ", ".join(f"{st} {', '.join(transport.loc[states == st, 'policy'])}" for st in counts.index) + ".",
         ]
     else:
         tblocks.append("No probe slices: the transport of the calibration to the target policies was not audited.")

@@ -34,7 +34,7 @@ def policy_verdicts(
     ("pi_cot vs pi_0: +0.046 [+0.009, +0.083], reliable: better than pi_0"), the baseline as its
     level. The qualifier is ``reliable`` (level and difference rows ``ok``), ``use with caution``
     (a ``warning``, reasons given) or ``refused`` (no usable estimator; the reasons given, with
-    "calibration does not transport" first when the probe audit failed). "better/worse" needs the
+    "calibration does not transport" first when the probe audit's state is FAIL). "better/worse" needs the
     95% CI of the difference to exclude 0; otherwise "no clear difference".
 
     Returns:
@@ -42,7 +42,8 @@ def policy_verdicts(
     """
     failed_transport = set()
     if transport is not None and len(transport):
-        failed_transport = set(transport.loc[~transport["passed"].astype(bool), "policy"])
+        failed = (transport["state"] == "FAIL") if "state" in transport else ~transport["passed"].astype(bool)
+        failed_transport = set(transport.loc[failed, "policy"])
     diffs = differences_vs_baseline(differences, baseline)
     rows = []
     for policy in dict.fromkeys(estimates["policy"]):
