@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +25,7 @@ from kedro.framework.cli.project import run  # noqa: F401 - used by arena_cje.__
 from kedro.framework.cli.utils import _split_params, env_option
 from kedro.framework.project import settings
 
-from arena_cje.backends.base import generate_batch, teacher_force_batch
+from arena_cje.backends.base import generate_batch, judge_batch, teacher_force_batch
 from arena_cje.backends.store import RequestStore
 from arena_cje.dry_run import budgets, format_plan, plan_run
 from arena_cje.experiment import (
@@ -35,9 +35,9 @@ from arena_cje.experiment import (
     backend_blocks,
     backend_config,
     judge_spec,
-    own_backend,
     policy_specs,
     resolve_backends_in,
+    serving_backend,
 )
 
 #: Prompts for the self-check: short, and ending in punctuation (the token-merge case).
@@ -101,39 +101,42 @@ def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[st
     Returns:
         ``(lines to print, all passed)``.
     """
-    default = params["backend"]
     prompts = list(CHECK_PROMPTS[: max(1, n_samples)])
     lines, ok = [], True
     with BackendRegistry() as backends:  # closes the backends' connections when the check ends
         for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():
-            fields = params["policies"][name] or {}
-            where = f"policies.{name}.backend" if fields.get("backend") is not None else "backend"
-            block = _for_check(own_backend(fields, default), where)
-            backend = backends.get(block)
-            if hasattr(backend, "self_check"):
-                report = backend.self_check(spec, prompts)
-                verdict, details = report.verdict, report.details
-            else:
-                verdict, details = _generic_check(backend, spec, prompts)
+            where, block = serving_backend(params["policies"][name], params["backend"], f"policies.{name}.backend")
+            block = _for_check(block, where)
+            verdict, details = _check_policy(backends.get(block), spec, prompts)
             ok &= verdict == "PASS"
             on = f", on {where} ({block['name']})" if where != "backend" else ""
             lines.append(f"{verdict:5s} policy {name} (model {spec.model}, T={spec.temperature}{on})")
             lines.extend(f"      {d}" for d in details)
         judge = judge_spec(params["judge"])
-        where = "judge.backend" if params["judge"].get("backend") is not None else "backend"
-        try:
-            from arena_cje.backends.base import judge_batch
-
-            backend = backends.get(_for_check(own_backend(params["judge"], default), where))
-            result = judge_batch(backend, [prompts[0]], ["Paris."], judge)[0]
-            verdict = "PASS" if result.score is not None else "FAIL"
-            detail = f"score {result.score}" if result.score is not None else f"{result.error}; raw={result.raw[:80]!r}"
-        except Exception as exc:  # noqa: BLE001 - reported as the judge's verdict
-            verdict, detail = "ERROR", str(exc)
+        where, block = serving_backend(params["judge"], params["backend"], "judge.backend")
+        verdict, detail = _check_judge(lambda: backends.get(_for_check(block, where)), judge, prompts[0])
         ok &= verdict == "PASS"
         on = f", on {where}" if where != "backend" else ""
         lines.append(f"{verdict:5s} judge (model {judge.model}{on}): {detail}")
     return lines, ok
+
+
+def _check_policy(backend: Any, spec: Any, prompts: Sequence[str]) -> tuple[str, list[str]]:
+    if hasattr(backend, "self_check"):
+        report = backend.self_check(spec, list(prompts))
+        return report.verdict, report.details
+    return _generic_check(backend, spec, prompts)
+
+
+def _check_judge(backend: Callable[[], Any], judge: Any, prompt: str) -> tuple[str, str]:
+    """The judge's verdict on one answer; any failure (building the backend included) is its verdict."""
+    try:
+        result = judge_batch(backend(), [prompt], ["Paris."], judge)[0]
+    except Exception as exc:  # noqa: BLE001 - reported as the judge's verdict
+        return "ERROR", str(exc)
+    if result.score is None:
+        return "FAIL", f"{result.error}; raw={result.raw[:80]!r}"
+    return "PASS", f"score {result.score}"
 
 
 def _generic_check(backend: Any, spec: Any, prompts: Sequence[str], tolerance: float = 1e-4) -> tuple[str, list[str]]:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arena_cje.experiment import OWN_BACKEND, backend_blocks, backend_config, judge_spec, policy_specs
+from arena_cje.experiment import backend_blocks, backend_config, judge_spec, policy_specs, serving_backend
 
 #: Mean prompt length in characters of the 1,000 Arena prompts of the shared CJE sample.
 ARENA_MEAN_PROMPT_CHARS = 138.0
@@ -59,10 +59,9 @@ def _tokens(chars: float, turns: int) -> float:
 
 
 def _serving_block(params: Mapping[str, Any], fields: Mapping[str, Any] | None, where: str) -> tuple[str, str, dict[str, Any]]:
-    """``(where, backend name, options)`` of the block serving ``fields`` (its own, else the top-level one)."""
-    if (fields or {}).get(OWN_BACKEND) is not None:
-        return (where, *backend_config(fields[OWN_BACKEND], where))
-    return ("backend", *backend_config(params["backend"]))
+    """``(place, backend name, options)`` of the block serving ``fields`` (its own, else the top-level one)."""
+    place, block = serving_backend(fields, params["backend"], where)
+    return (place, *backend_config(block, place))
 
 
 def plan_run(params: Mapping[str, Any], prompt_chars: Sequence[int] | None = None) -> list[PlannedCalls]:

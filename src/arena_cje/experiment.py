@@ -82,6 +82,13 @@ def own_backend(fields: Mapping[str, Any] | None, default: Mapping[str, Any]) ->
     return default if own is None else own
 
 
+def serving_backend(fields: Mapping[str, Any] | None, default: Mapping[str, Any], where: str) -> tuple[str, Mapping[str, Any]]:
+    """``(place, block)`` of the backend serving a policy, the judge or the LLM oracle: its own
+    block, found at ``where`` (e.g. ``policies.pi_x.backend``), else the top-level one at ``backend``."""
+    own = (fields or {}).get(OWN_BACKEND)
+    return ("backend", default) if own is None else (where, own)
+
+
 def policy_backends(backend: Mapping[str, Any], policies: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """Policy name -> the backend block that generates and teacher-forces for it.
 
