@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -116,6 +117,31 @@ def test_true_values_only_where_the_policy_is_the_raters_world(mixed_run, caplog
     assert truth["pi_clone"] == pytest.approx(truth["pi_0"], abs=1e-12)  # the same world and settings
     assert math.isnan(truth["pi_other"]) and math.isnan(truth["pi_sharp"])
     assert truth[["pi_0", "pi_hot", "pi_cot", "pi_concise"]].notna().all()
+
+
+def test_the_judge_and_the_llm_oracle_run_on_their_own_blocks():
+    """judge.backend and labeling.llm_oracle.backend: each scores on its own world, not the top-level one."""
+    from arena_cje.backends.base import JudgeSpec
+    from arena_cje.crowd import parse_ratings
+    from arena_cje.pipelines.judging.nodes import judge_responses
+    from arena_cje.pipelines.labeling.nodes import collect_ratings
+
+    prompts = pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["Why is the sky blue?", "Name a prime.", "Hi?"]})
+    responses = pd.DataFrame({"prompt_id": ["a", "b", "c"], "policy": "pi_0", "draw_idx": 0, "error": None,
+                              "response": ["Rayleigh scattering of sunlight.", "Seven.", "Hello! How can I help?"]})
+    top, other = _own_block({"seed": 0}), _own_block({"seed": 1})
+    spec = JudgeSpec(model="sim-judge", scale=(0.0, 1.0))
+    expected = [j.score for j in SimulatedBackend(seed=1).judge_batch(prompts["prompt"].tolist(), responses["response"].tolist(), spec)]
+    on_top = [j.score for j in SimulatedBackend(seed=0).judge_batch(prompts["prompt"].tolist(), responses["response"].tolist(), spec)]
+    assert [round(10 * s) for s in expected] != [round(10 * s) for s in on_top]  # the worlds disagree
+    scores = judge_responses(prompts, responses, top, {"model": "sim-judge", "backend": other})
+    assert scores["judge_score"].tolist() == pytest.approx(expected)
+
+    tasks = pd.DataFrame({"task_id": ["t1", "t2", "t3"], "prompt": prompts["prompt"], "response": responses["response"]})
+    labeling = {"oracle": "llm", "rating_min": 0, "rating_max": 10,
+                "llm_oracle": {"model": "sim-judge", "max_tokens": 16, "backend": other}}
+    rows = parse_ratings(collect_ratings(tasks, pd.DataFrame(), top, labeling)).rows
+    assert [float(r) for r in rows["rating"]] == [round(10 * s) for s in expected]
 
 
 # ------------------------------------------------------------------ resolution and errors
