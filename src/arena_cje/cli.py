@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,19 @@ from kedro.framework.cli.project import run  # noqa: F401 - used by arena_cje.__
 from kedro.framework.cli.utils import _split_params, env_option
 from kedro.framework.project import settings
 
-from arena_cje.backends.base import generate_batch, teacher_force_batch
+from arena_cje.backends.base import generate_batch, judge_batch, teacher_force_batch
 from arena_cje.backends.store import RequestStore
-from arena_cje.dry_run import format_plan, plan_run
+from arena_cje.dry_run import budgets, format_plan, plan_run
 from arena_cje.experiment import (
+    BACKEND_PARAMS,
     BackendRegistry,
     MissingCredentialsError,
+    backend_blocks,
     backend_config,
     judge_spec,
     policy_specs,
-    resolve_backend_params,
+    resolve_backends_in,
+    serving_backend,
 )
 
 #: Prompts for the self-check: short, and ending in punctuation (the token-merge case).
@@ -55,7 +58,8 @@ def cli() -> None:
 
 
 def _params(env: str | None, extra_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The run's parameters with the ``backend`` block resolved as the run's nodes get it."""
+    """The run's parameters with every backend block resolved as the run's nodes get them (the
+    top-level ``backend`` and the blocks of policies, the judge and the LLM oracle)."""
     session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
     context = session.load_context()
     params = dict(context.params)
@@ -63,64 +67,80 @@ def _params(env: str | None, extra_params: Mapping[str, Any] | None = None) -> d
         credentials = context.config_loader["credentials"]
     except MissingConfigException:
         credentials = {}
-    params["backend"] = resolve_backend_params(params["backend"], context.project_path, credentials, context.env)
+    for key in BACKEND_PARAMS:
+        if key in params:
+            params[key] = resolve_backends_in(key, params[key], context.project_path, credentials, context.env)
     return params
 
 
-def reachable(base_url: str, timeout: float = 10.0) -> str | None:
-    """``None`` if ``base_url``'s host answers HTTP at all (any status), else why not, in one line."""
+def reachable(base_url: str, timeout: float = 10.0, where: str = "backend") -> str | None:
+    """``None`` if ``base_url``'s host answers HTTP at all (any status), else why not, in one line
+    naming the block (``where``) whose ``base_url`` it is."""
     host = urlsplit(base_url).netloc or base_url
     try:
         requests.get(f"{base_url.rstrip('/')}/models", timeout=timeout)
     except requests.RequestException as exc:
         reason = type(exc).__name__
-        return f"cannot reach {host} ({reason}): check the network and backend.openai_compatible.base_url"
+        return f"cannot reach {host} ({reason}): check the network and {where}.openai_compatible.base_url"
     return None
 
 
+def _for_check(block: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A backend block as the self-check builds it: it never writes to the experiment's durable record."""
+    name, options = backend_config(block, where)
+    if name == "openai_compatible":
+        options["store_path"] = None
+        options.setdefault("progress", False)
+    return {"name": name, name: options}
+
+
 def check_models(params: Mapping[str, Any], n_samples: int = 2) -> tuple[list[str], bool]:
-    """Run the self-check for every policy and the judge.
+    """Run the self-check for every policy, on its own backend, and for the judge, on its own.
 
     Backends with a ``self_check`` method (the OpenAI-compatible one) compare token log-probs of
     the generation with teacher forcing at T=1; other backends compare the generation-time
-    ``logprob`` with the teacher-forced one (where both exist).
+    ``logprob`` with the teacher-forced one (where both exist). Each distinct backend is built
+    once; a policy or judge on a block of its own is checked there and its line names the block.
 
     Returns:
         ``(lines to print, all passed)``.
     """
-    name, options = backend_config(params["backend"])
-    # The check never writes to the experiment's durable record.
-    if name == "openai_compatible":
-        options["store_path"] = None
-        options.setdefault("progress", False)
-    with BackendRegistry() as backends:  # closes the backend's connections when the check ends
-        return _check_backend(backends.get({"name": name, name: options}), params, n_samples)
-
-
-def _check_backend(backend: Any, params: Mapping[str, Any], n_samples: int) -> tuple[list[str], bool]:
     prompts = list(CHECK_PROMPTS[: max(1, n_samples)])
     lines, ok = [], True
-    for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():
-        if hasattr(backend, "self_check"):
-            report = backend.self_check(spec, prompts)
-            verdict, details = report.verdict, report.details
-        else:
-            verdict, details = _generic_check(backend, spec, prompts)
+    with BackendRegistry() as backends:  # closes the backends' connections when the check ends
+        for name, spec in policy_specs(params["policies"], params.get("policy_defaults")).items():
+            where, block = serving_backend(params["policies"][name], params["backend"], f"policies.{name}.backend")
+            block = _for_check(block, where)
+            verdict, details = _check_policy(backends.get(block), spec, prompts)
+            ok &= verdict == "PASS"
+            on = f", on {where} ({block['name']})" if where != "backend" else ""
+            lines.append(f"{verdict:5s} policy {name} (model {spec.model}, T={spec.temperature}{on})")
+            lines.extend(f"      {d}" for d in details)
+        judge = judge_spec(params["judge"])
+        where, block = serving_backend(params["judge"], params["backend"], "judge.backend")
+        verdict, detail = _check_judge(lambda: backends.get(_for_check(block, where)), judge, prompts[0])
         ok &= verdict == "PASS"
-        lines.append(f"{verdict:5s} policy {name} (model {spec.model}, T={spec.temperature})")
-        lines.extend(f"      {d}" for d in details)
-    judge = judge_spec(params["judge"])
-    try:
-        from arena_cje.backends.base import judge_batch
-
-        result = judge_batch(backend, [prompts[0]], ["Paris."], judge)[0]
-        verdict = "PASS" if result.score is not None else "FAIL"
-        detail = f"score {result.score}" if result.score is not None else f"{result.error}; raw={result.raw[:80]!r}"
-    except Exception as exc:  # noqa: BLE001 - reported as the judge's verdict
-        verdict, detail = "ERROR", str(exc)
-    ok &= verdict == "PASS"
-    lines.append(f"{verdict:5s} judge (model {judge.model}): {detail}")
+        on = f", on {where}" if where != "backend" else ""
+        lines.append(f"{verdict:5s} judge (model {judge.model}{on}): {detail}")
     return lines, ok
+
+
+def _check_policy(backend: Any, spec: Any, prompts: Sequence[str]) -> tuple[str, list[str]]:
+    if hasattr(backend, "self_check"):
+        report = backend.self_check(spec, list(prompts))
+        return report.verdict, report.details
+    return _generic_check(backend, spec, prompts)
+
+
+def _check_judge(backend: Callable[[], Any], judge: Any, prompt: str) -> tuple[str, str]:
+    """The judge's verdict on one answer; any failure (building the backend included) is its verdict."""
+    try:
+        result = judge_batch(backend(), [prompt], ["Paris."], judge)[0]
+    except Exception as exc:  # noqa: BLE001 - reported as the judge's verdict
+        return "ERROR", str(exc)
+    if result.score is None:
+        return "FAIL", f"{result.error}; raw={result.raw[:80]!r}"
+    return "PASS", f"score {result.score}"
 
 
 def _generic_check(backend: Any, spec: Any, prompts: Sequence[str], tolerance: float = 1e-4) -> tuple[str, list[str]]:
@@ -175,11 +195,12 @@ def check_models_command(env: str | None, n_samples: int, extra_params: dict[str
         params = _params(env, extra_params)
     except MissingCredentialsError as exc:
         raise click.ClickException(str(exc)) from None
-    name, options = backend_config(params["backend"])
-    if name == "openai_compatible":
-        problem = reachable(options["base_url"])
-        if problem:
-            raise click.ClickException(problem)
+    for where, block in backend_blocks(params).items():
+        name, options = backend_config(block, where)
+        if name == "openai_compatible":
+            problem = reachable(options["base_url"], where=where)
+            if problem:
+                raise click.ClickException(problem)
     lines, ok = check_models(params, n_samples=n_samples)
     for line in lines:
         click.echo(line)
@@ -192,27 +213,30 @@ def check_models_command(env: str | None, n_samples: int, extra_params: dict[str
 @env_option
 def cje_status_command(env: str | None) -> None:
     """Show what each stage has done per policy: counts, failures, cost so far."""
-    store_path, options = _store_path(env)
-    if not store_path:
-        click.echo("backend.openai_compatible.store_path is empty: no durable request record is kept")
+    stores = _stores(env)
+    if not stores:
+        click.echo("no backend of this run keeps a durable request record (openai_compatible with a store_path)")
         return
-    for line in status_lines(store_path, options.get("budget_usd")):
-        click.echo(line)
+    for store_path, options in stores.items():
+        for line in status_lines(store_path, options.get("budget_usd")):
+            click.echo(line)
 
 
-def _store_path(env: str | None, extra_params: Mapping[str, Any] | None = None) -> tuple[str | None, dict[str, Any]]:
-    """The request record's path (absolute) and the backend options; credentials not needed."""
+def _stores(env: str | None, extra_params: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Request record path (absolute) -> the options of the first backend block keeping it, over
+    every ``openai_compatible`` block of the run (blocks may share one record); credentials not needed."""
     session = settings.SESSION_CLASS.create(env=env, save_on_close=False, runtime_params=dict(extra_params or {}))
     context = session.load_context()
-    name, options = backend_config(context.params["backend"])
-    if name != "openai_compatible":
-        return None, options
     from arena_cje.backends.openai_compatible import DEFAULT_STORE_PATH
 
-    store_path = options.get("store_path", DEFAULT_STORE_PATH)
-    if store_path and not Path(store_path).is_absolute():
-        store_path = str(Path(context.project_path) / store_path)
-    return store_path, options
+    stores: dict[str, dict[str, Any]] = {}
+    for where, block in backend_blocks(context.params).items():
+        name, options = backend_config(block, where)
+        store_path = options.get("store_path", DEFAULT_STORE_PATH) if name == "openai_compatible" else None
+        if store_path:
+            path = Path(store_path) if Path(store_path).is_absolute() else Path(context.project_path) / store_path
+            stores.setdefault(str(path), options)
+    return stores
 
 
 @cli.command("cje-dry-run")
@@ -233,15 +257,18 @@ def cje_dry_run_command(env: str | None, extra_params: dict[str, Any]) -> None:
     except Exception:  # noqa: BLE001 - no prompt table yet: the Arena mean is used
         prompt_chars = None
     rows = plan_run(params, prompt_chars)
-    store_path, options = _store_path(env, extra_params)
     done: dict[tuple[str, str], int] = {}
-    if store_path and Path(store_path).exists():
-        with RequestStore(store_path) as store:
-            done = {(r.stage, r.policy): r.done for r in store.summary()}
+    for store_path in _stores(env, extra_params):
+        if Path(store_path).exists():
+            with RequestStore(store_path) as store:
+                for r in store.summary():
+                    done[(r.stage, r.policy)] = done.get((r.stage, r.policy), 0) + r.done
     source = "the run's prompt table" if prompt_chars is not None else "the mean length of Arena prompts"
-    click.echo(f"dry run for env {env or 'local'}: backend {backend_config(params['backend'])[0]}, "
-               f"prompt lengths from {source}")
-    for line in format_plan(rows, options.get("budget_usd"), done):
+    blocks = backend_blocks(params)
+    names = ", ".join(f"{backend_config(block, where)[0]}" + ("" if where == "backend" else f" ({where})")
+                      for where, block in blocks.items())
+    click.echo(f"dry run for env {env or 'local'}: backend {names}, prompt lengths from {source}")
+    for line in format_plan(rows, budgets(params), done):
         click.echo(line)
 
 

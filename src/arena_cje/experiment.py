@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from arena_cje.backends import PATH_OPTIONS, Backend, JudgeSpec, PolicySpec, backend_class, check_options, make_backend
+from arena_cje.plain import to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -20,23 +21,44 @@ class MissingCredentialsError(ValueError):
     """The chosen backend names an API key source and none of them holds a key."""
 
 
+#: Key under which a policy (``policies.<name>.backend``), the judge (``judge.backend``) or the LLM
+#: oracle (``labeling.llm_oracle.backend``) names its own backend: a block of the same shape as the
+#: top-level ``backend`` block (``{name: X, X: {...options}}``), used instead of it. One vLLM server
+#: serves one model, so a policy that is another model (or another provider) needs its own block.
+OWN_BACKEND = "backend"
+#: Top-level parameters that hold backend blocks (what :func:`resolve_backends_in` resolves).
+BACKEND_PARAMS = ("backend", "policies", "judge", "labeling")
+
+
 def policy_specs(policies: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any] | None = None) -> dict[str, PolicySpec]:
     """Build one :class:`PolicySpec` per entry of the ``policies`` parameter block.
+
+    A policy's own ``backend`` block is not part of its spec (see :func:`policy_backends`).
 
     Args:
         policies: ``policies`` parameters, name -> fields (temperature, system_prompt, ...).
         defaults: ``policy_defaults`` parameters merged under every policy.
 
     Raises:
-        ValueError: a policy has an unknown field, or the block is empty.
+        ValueError: a policy has an unknown field, the block is empty, or ``policy_defaults``
+            names a backend (the top-level ``backend`` block is every policy's default).
     """
     if not policies:
         raise ValueError("parameters: `policies` is empty; define at least the logging policy")
-    return {name: PolicySpec.from_params(name, fields or {}, defaults) for name, fields in policies.items()}
+    if defaults and OWN_BACKEND in defaults:
+        raise ValueError(
+            "parameters: `policy_defaults.backend` is not read; the top-level `backend` block is every policy's "
+            "default, and a policy names its own under `policies.<name>.backend`"
+        )
+    return {name: PolicySpec.from_params(name, _without_backend(fields), defaults) for name, fields in policies.items()}
 
 
 def judge_spec(judge: Mapping[str, Any]) -> JudgeSpec:
-    """Build the :class:`JudgeSpec` from the ``judge`` parameter block."""
+    """Build the :class:`JudgeSpec` from the ``judge`` parameter block (or ``labeling.llm_oracle``).
+
+    Its own ``backend`` block, if any, is not part of the spec (see :func:`own_backend`).
+    """
+    judge = _without_backend(judge)
     allowed = set(JudgeSpec.__dataclass_fields__)
     unknown = set(judge) - allowed
     if unknown:
@@ -49,23 +71,77 @@ def judge_spec(judge: Mapping[str, Any]) -> JudgeSpec:
     return JudgeSpec(**spec)
 
 
-def backend_config(backend: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The chosen backend's name and its own options block (``backend.<name>``), checked.
+def _without_backend(fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (fields or {}).items() if k != OWN_BACKEND}
+
+
+def own_backend(fields: Mapping[str, Any] | None, default: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The backend block of a policy, the judge or the LLM oracle: its own ``backend`` block when
+    it names one, else ``default`` (the top-level ``backend`` block)."""
+    own = (fields or {}).get(OWN_BACKEND)
+    return default if own is None else own
+
+
+def serving_backend(fields: Mapping[str, Any] | None, default: Mapping[str, Any], where: str) -> tuple[str, Mapping[str, Any]]:
+    """``(place, block)`` of the backend serving a policy, the judge or the LLM oracle: its own
+    block, found at ``where`` (e.g. ``policies.pi_x.backend``), else the top-level one at ``backend``."""
+    own = (fields or {}).get(OWN_BACKEND)
+    return ("backend", default) if own is None else (where, own)
+
+
+def policy_backends(backend: Mapping[str, Any], policies: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Policy name -> the backend block that generates and teacher-forces for it.
+
+    A policy is generated *and* scored (teacher forcing of the logged responses under it) by its
+    own backend, so its log-probs are those of the model that produces its responses; the
+    importance weight of a logged row is ``exp(log P_target-backend - log P_logging-backend)``.
+    """
+    return {name: own_backend(fields, backend) for name, fields in policies.items()}
+
+
+def backend_blocks(params: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Every backend block of a run's parameters, keyed by where it is.
+
+    Keys: ``backend`` and, where present, ``policies.<name>.backend``, ``judge.backend`` and
+    ``labeling.llm_oracle.backend`` (the latter only when ``labeling.oracle`` is ``llm``).
+    """
+    blocks: dict[str, Mapping[str, Any]] = {"backend": params["backend"]}
+    for name, fields in (params.get("policies") or {}).items():
+        if (fields or {}).get(OWN_BACKEND) is not None:
+            blocks[f"policies.{name}.backend"] = fields[OWN_BACKEND]
+    if (params.get("judge") or {}).get(OWN_BACKEND) is not None:
+        blocks["judge.backend"] = params["judge"][OWN_BACKEND]
+    labeling = params.get("labeling") or {}
+    if labeling.get("oracle") == "llm" and (labeling.get("llm_oracle") or {}).get(OWN_BACKEND) is not None:
+        blocks["labeling.llm_oracle.backend"] = labeling["llm_oracle"][OWN_BACKEND]
+    return blocks
+
+
+def backend_config(backend: Mapping[str, Any], where: str = "backend") -> tuple[str, dict[str, Any]]:
+    """The chosen backend's name and its own options block (``<where>.<name>``), checked.
+
+    Args:
+        backend: A backend block ``{name: X, X: {...options}}``.
+        where: Where the block is in the parameters (``backend``, ``policies.pi_x.backend``, ...),
+            quoted by every error.
 
     Raises:
-        ValueError: ``backend.name`` is missing or unknown, the old shared ``backend.options``
-            block is used, or the chosen block has an option its backend does not take.
+        ValueError: the block is not a mapping, ``name`` is missing or unknown, the old shared
+            ``options`` block is used, or the chosen block has an option its backend does not take.
     """
+    if not isinstance(backend, Mapping):
+        raise ValueError(f"parameters: `{where}` must be a block {{name: <backend>, <backend>: {{...}}}}, "
+                         f"got {type(backend).__name__} {backend!r}")
     if "name" not in backend:
-        raise ValueError("parameters: `backend.name` is missing")
+        raise ValueError(f"parameters: `{where}.name` is missing")
     name = str(backend["name"])
     if "options" in backend:
         raise ValueError(
-            f"parameters: `backend.options` is no longer read; put the options of backend {name!r} under "
-            f"`backend.{name}` (each backend has its own block, so one backend's options never reach another)"
+            f"parameters: `{where}.options` is no longer read; put the options of backend {name!r} under "
+            f"`{where}.{name}` (each backend has its own block, so one backend's options never reach another)"
         )
     options = dict(to_plain(backend.get(name) or {}))
-    check_options(name, {k: v for k, v in options.items() if k != "credentials"}, backend_class(name))
+    check_options(name, {k: v for k, v in options.items() if k != "credentials"}, backend_class(name, where), where)
     return name, options
 
 
@@ -74,8 +150,9 @@ def resolve_backend_params(
     project_path: str | Path | None = None,
     credentials: Mapping[str, Any] | None = None,
     env: str | None = None,
+    where: str = "backend",
 ) -> dict[str, Any]:
-    """The ``backend`` block ready to build: paths absolute, credentials looked up.
+    """A backend block ready to build: paths absolute, credentials looked up.
 
     * Relative path options (:data:`arena_cje.backends.PATH_OPTIONS`) are joined to
       ``project_path``, as Kedro does for the catalog's file paths: a run started from
@@ -85,11 +162,14 @@ def resolve_backend_params(
       is passed to the backend unless the ``api_key_env`` environment variable is set, which
       wins (the backend reads it).
 
+    Every block (the top-level one, a policy's, the judge's) is resolved on its own, with its own
+    ``credentials`` and paths; ``where`` names it in errors.
+
     Raises:
         MissingCredentialsError: the block names a credentials entry or an ``api_key_env`` and
-            neither holds a key (one line naming both places).
+            neither holds a key (one line naming the block and both places).
     """
-    name, options = backend_config(backend)
+    name, options = backend_config(backend, where)
     if project_path is not None:
         for key in PATH_OPTIONS.get(name, ()):
             value = options.get(key)
@@ -108,8 +188,45 @@ def resolve_backend_params(
             places = [f"the {variable} environment variable"] if variable else []
             if entry_name:
                 places.append(f"`{entry_name}: {{api_key: ...}}` in conf/{env or '<env>'}/credentials.yml")
-            raise MissingCredentialsError(f"no API key for backend {name!r}: set {' or '.join(places)}")
+            block = "" if where == "backend" else f" (`{where}`)"
+            raise MissingCredentialsError(f"no API key for backend {name!r}{block}: set {' or '.join(places)}")
     return {"name": name, name: options}
+
+
+def resolve_backends_in(
+    key: str,
+    value: Any,
+    project_path: str | Path | None = None,
+    credentials: Mapping[str, Any] | None = None,
+    env: str | None = None,
+) -> Any:
+    """The top-level parameter ``key`` with every backend block in it resolved.
+
+    ``backend`` is itself a block; ``policies.<name>.backend``, ``judge.backend`` and
+    ``labeling.llm_oracle.backend`` are blocks inside ``policies``, ``judge`` and ``labeling``
+    (:data:`BACKEND_PARAMS`). Each is resolved by :func:`resolve_backend_params` with its own
+    credentials and paths; any other parameter is returned unchanged.
+
+    Raises:
+        ValueError, MissingCredentialsError: a block is invalid or lacks its key (the error
+            names the block, e.g. ``policies.pi_premium.backend``).
+    """
+
+    def resolved(fields: Mapping[str, Any], where: str) -> Any:
+        if not isinstance(fields, Mapping) or fields.get(OWN_BACKEND) is None:
+            return fields
+        block = resolve_backend_params(fields[OWN_BACKEND], project_path, credentials, env, where=where)
+        return {**fields, OWN_BACKEND: block}
+
+    if key == "backend":
+        return resolve_backend_params(value, project_path, credentials, env)
+    if key == "policies":
+        return {name: resolved(fields, f"policies.{name}.backend") for name, fields in (value or {}).items()}
+    if key == "judge":
+        return resolved(value, "judge.backend")
+    if key == "labeling" and isinstance(value, Mapping) and isinstance(value.get("llm_oracle"), Mapping):
+        return {**value, "llm_oracle": resolved(value["llm_oracle"], "labeling.llm_oracle.backend")}
+    return value
 
 
 def backend_from_params(backend: Mapping[str, Any]) -> Backend:
@@ -126,6 +243,17 @@ def backend_from_params(backend: Mapping[str, Any]) -> Backend:
     return build_backend(backend)
 
 
+def backends_from_params(blocks: Mapping[str, Mapping[str, Any]]) -> dict[str, Backend]:
+    """One backend per entry of ``blocks`` (e.g. :func:`policy_backends`); entries with the same
+    configuration share one instance.
+
+    Inside a run the instances are the run's (see :func:`backend_from_params`); outside one they
+    are new and belong to the caller.
+    """
+    registry = active_registry() or BackendRegistry()
+    return {key: registry.get(block) for key, block in blocks.items()}
+
+
 def build_backend(backend: Mapping[str, Any]) -> Backend:
     """A new backend from the ``backend`` block (``credentials`` must already be resolved)."""
     name, options = _backend_key(backend)
@@ -136,6 +264,13 @@ def _backend_key(backend: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     name, options = backend_config(backend)
     options.pop("credentials", None)  # resolved into api_key by resolve_backend_params
     return name, options
+
+
+def backend_identity(backend: Mapping[str, Any]) -> str:
+    """A text that two backend blocks share exactly when they build the same backend (the name
+    and every option; a run shares one instance per identity)."""
+    name, options = _backend_key(backend)
+    return json.dumps({"name": name, "options": options}, sort_keys=True, default=str)
 
 
 class BackendRegistry:
@@ -160,11 +295,10 @@ class BackendRegistry:
 
     def get(self, backend: Mapping[str, Any]) -> Backend:
         """The backend for this ``backend`` block, built on first use."""
-        name, options = _backend_key(backend)
-        key = json.dumps({"name": name, "options": options}, sort_keys=True, default=str)
+        key = backend_identity(backend)
         with self._lock:
             if key not in self._backends:
-                self._backends[key] = make_backend(name, **options)
+                self._backends[key] = build_backend(backend)
             return self._backends[key]
 
     def activate(self) -> "BackendRegistry":
@@ -208,15 +342,6 @@ _ACTIVE: BackendRegistry | None = None
 def active_registry() -> BackendRegistry | None:
     """The registry of the run in progress, or ``None`` outside a run."""
     return _ACTIVE
-
-
-def to_plain(value: Any) -> Any:
-    """Mappings and sequences (OmegaConf containers, tuples) -> plain JSON-able python objects."""
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_plain(v) for v in value]
-    return value
 
 
 def stable_seed(*parts: object) -> int:

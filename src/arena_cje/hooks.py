@@ -10,7 +10,7 @@ from typing import Any
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
-from arena_cje.experiment import BackendRegistry, resolve_backend_params
+from arena_cje.experiment import BACKEND_PARAMS, BackendRegistry, resolve_backends_in
 from arena_cje.provenance import run_identity
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,13 @@ class NodeTimingHook:
 
 
 class BackendParamsHook:
-    """Give nodes the ``backend`` block resolved for the run, and the run's live backends.
+    """Give nodes the backend blocks resolved for the run, and the run's live backends.
 
     * Parameters: nodes stay pure functions of their parameters; this hook is where the run's
       context (project folder, ``conf/*/credentials.yml``) enters, through
-      :func:`arena_cje.experiment.resolve_backend_params`.
+      :func:`arena_cje.experiment.resolve_backends_in`: the top-level ``backend`` block and every
+      block of its own that a policy, the judge or the LLM oracle names (``policies.<p>.backend``,
+      ``judge.backend``, ``labeling.llm_oracle.backend``), each with its own credentials and paths.
     * Lifecycle: each run gets its own :class:`arena_cje.experiment.BackendRegistry`, so the nodes
       of a run share one backend per configuration (``backend_from_params``), and every backend
       is closed (HTTP session, SQLite stores) when the run ends or fails: no connection outlives
@@ -65,6 +67,10 @@ class BackendParamsHook:
     """
 
     INPUT = "params:backend"
+    #: Node inputs that hold backend blocks (the top-level parameters of ``BACKEND_PARAMS``). They
+    #: are resolved for the nodes that build backends, which all take ``params:backend`` (the
+    #: default block): a node or pipeline that sends nothing never needs a key.
+    INPUTS = tuple(f"params:{key}" for key in BACKEND_PARAMS)
 
     def __init__(self) -> None:
         self._project_path: Any = None
@@ -86,12 +92,16 @@ class BackendParamsHook:
     # registry opened earlier would stay active with nobody to close it.
     @hook_impl(trylast=True)
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        """Fail before the first node when the chosen backend cannot be configured (no API key).
+        """Fail before the first node when a backend the run uses cannot be configured (an unknown
+        option, no API key), naming its block.
 
         Then open the run's backend registry (backends are built when a node first asks).
         """
-        if self.INPUT in pipeline.inputs():
-            resolve_backend_params(catalog.load(self.INPUT), self._project_path, self._credentials, self._env)
+        inputs = pipeline.inputs()
+        if self.INPUT in inputs:
+            for name in self.INPUTS:
+                if name in inputs:
+                    self._resolve(name, catalog.load(name))
         self._close()  # a previous run of this session that ended without either end hook
         self._registry = BackendRegistry().activate()
 
@@ -99,7 +109,10 @@ class BackendParamsHook:
     def before_node_run(self, node: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
         if self.INPUT not in inputs:
             return None
-        return {self.INPUT: resolve_backend_params(inputs[self.INPUT], self._project_path, self._credentials, self._env)}
+        return {name: self._resolve(name, inputs[name]) for name in self.INPUTS if name in inputs}
+
+    def _resolve(self, name: str, value: Any) -> Any:
+        return resolve_backends_in(name.removeprefix("params:"), value, self._project_path, self._credentials, self._env)
 
     # tryfirst: close before another end-of-run hook can raise and skip this one.
     @hook_impl(tryfirst=True)

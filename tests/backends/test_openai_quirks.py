@@ -91,7 +91,7 @@ def test_generation_node_passes_ended_from_the_truncated_column(monkeypatch):
             seen[policy.name] = list(ended)
             return [TeacherForced(-1.0, n_tokens=1) for _ in prompts]
 
-    monkeypatch.setattr(nodes, "backend_from_params", lambda params: Recorder())
+    monkeypatch.setattr(nodes, "backends_from_params", lambda blocks: {name: Recorder() for name in blocks})
     prompts = pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["A?", "B?", "C?"]})
     responses = pd.DataFrame({"prompt_id": ["a", "b", "c"], "policy": "pi_0", "draw_idx": 0,
                               "response": ["x", "y", "z"], "logprob": np.nan, "n_tokens": None,

@@ -12,14 +12,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 from arena_cje.backends.base import PolicySpec  # noqa: E402
-from arena_cje.backends.store import RequestStore, StoredBackend, make_key  # noqa: E402
+from arena_cje.backends.store import RequestStore, make_key  # noqa: E402
 
 N = 60
 SCRIPT = textwrap.dedent(
@@ -104,34 +102,28 @@ def test_kill_9_midway_then_rerun_repeats_no_completed_request(tmp_path):
     assert total == distinct == N
 
 
-class _CountingBackend:
-    def __init__(self) -> None:
-        self.calls = 0
+def test_rerun_sends_only_the_failed_items_and_the_record_counts_them(tmp_path):
+    """Through the real path (the openai_compatible backend and its store_path): a finished call is
+    recorded ``done`` and never sent again; an item that failed after its retries is recorded
+    ``failed`` and sent again by the next run; ``summary`` counts both per stage and policy."""
+    from arena_cje.backends import make_backend
 
-    def generate(self, prompt, policy, seed):
-        from arena_cje.backends.base import Generation
+    n = 5
+    policy = PolicySpec("pi_x", model="fake-llm", temperature=0.7, max_tokens=16)
+    prompts = [f"p{i}?" for i in range(n)] + ["fail me FAULT:503"]
+    with FakeOpenAIServer() as srv:
+        def run() -> list:
+            backend = make_backend("openai_compatible", base_url=srv.url, api_key_env="ARENA_TEST_NO_SUCH_VAR",
+                                   store_path=str(tmp_path / "s.sqlite"), progress=False, max_retries=0, concurrency=2)
+            try:
+                return backend.generate_batch(prompts, policy, list(range(n + 1)))
+            finally:
+                backend.close()
 
-        self.calls += 1
-        if "fail" in prompt:
-            return Generation(text="", error="boom")
-        return Generation(text=f"{prompt}/{seed}", logprob=-1.5)
-
-    def teacher_force(self, prompt, response, policy):
-        raise NotImplementedError
-
-    def judge(self, prompt, response, judge):
-        raise NotImplementedError
-
-
-@pytest.mark.parametrize("n", [5])
-def test_stored_backend_wraps_any_backend(tmp_path, n):
-    inner = _CountingBackend()
-    policy = PolicySpec("pi_x")
-    prompts = [f"p{i}" for i in range(n)] + ["fail me"]
+        first, second = run(), run()
+        sent = [e["body"]["messages"][-1]["content"] for e in srv.log if e["path"].endswith("/chat/completions")]
+    assert first == second and all(g.error is None and g.text for g in first[:n]) and "HTTP 503" in first[-1].error
+    assert sorted(sent) == sorted([*prompts, prompts[-1]])  # the done ones once, the failed one again
     with RequestStore(tmp_path / "s.sqlite") as store:
-        first = StoredBackend(inner, store).generate_batch(prompts, policy, list(range(n + 1)))
-        second = StoredBackend(inner, store).generate_batch(prompts, policy, list(range(n + 1)))
-        assert first == second and first[0].text == "p0/0" and first[-1].error == "boom"
-        assert inner.calls == n + 2  # the failed item is retried, the done ones are not
         rows = {(r.stage, r.policy): (r.done, r.failed) for r in store.summary()}
-        assert rows == {("generate", "pi_x"): (n, 1)}
+    assert rows == {("generate", "pi_x"): (n, 1)}

@@ -40,30 +40,35 @@ PATH_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def backend_class(name: str) -> type:
+def backend_class(name: str, where: str = "backend") -> type:
     """The class registered under ``name`` (imports its module).
+
+    Args:
+        name: The backend's name.
+        where: The parameter block naming it, quoted by the error (``policies.pi_x.backend``).
 
     Raises:
         ValueError: ``name`` is not a known backend.
     """
     if name not in BACKENDS:
-        raise ValueError(f"backend.name: unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
+        raise ValueError(f"{where}.name: unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
     module_name, class_name = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def check_options(name: str, options: Mapping[str, Any], cls: type | None = None) -> None:
+def check_options(name: str, options: Mapping[str, Any], cls: type | None = None, where: str = "backend") -> None:
     """Raise if ``options`` holds a key the constructor of backend ``name`` does not take.
 
     Raises:
-        ValueError: naming the unknown key(s), the backend and the keys it accepts.
+        ValueError: naming the block (``{where}.{name}``), the unknown key(s), the backend and the
+            keys it accepts.
     """
-    cls = cls or backend_class(name)
+    cls = cls or backend_class(name, where)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
-            f"backend.{name}: unknown option(s) {unknown} for backend {name!r}; it accepts {accepted}"
+            f"{where}.{name}: unknown option(s) {unknown} for backend {name!r}; it accepts {accepted}"
         )
 
 

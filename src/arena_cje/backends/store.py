@@ -17,7 +17,9 @@ its result, possibly a recorded ``None`` with a reason such as an unparseable ju
 and ``failed`` (transport failure after all retries; tried again on the next run). A ``failed``
 row never overwrites a ``done`` one.
 
-:class:`StoredBackend` wraps any backend with this record.
+The one backend that spends money per call, ``openai_compatible``, keeps this record (its
+``store_path`` option); the simulated and local backends are free and deterministic, so a re-run
+simply recomputes them.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from arena_cje.backends.base import Backend, EchoRepeat, Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
+from arena_cje.backends.base import EchoRepeat, Generation, Judgement, TeacherForced
 
 #: stage name -> result class stored under it.
 RESULT_TYPES: dict[str, type] = {
@@ -247,69 +249,3 @@ class RequestStore:
                    FROM requests GROUP BY stage, policy ORDER BY stage, policy"""
             ).fetchall()
         return [StatusRow(s, p, int(d), int(f), int(e), int(pt), int(ct), float(c)) for s, p, d, f, e, pt, ct, c in rows]
-
-
-def _policy_spec_dict(policy: PolicySpec) -> dict[str, Any]:
-    spec = asdict(policy)
-    spec.pop("name")  # renaming a policy does not change its answers
-    return spec
-
-
-class StoredBackend:
-    """Wrap any backend so that each completed call is recorded and never repeated.
-
-    Results carrying an ``error`` are recorded as ``failed`` (retried on the next run); others as
-    ``done``. Batch calls run sequentially through the wrapped backend's single-item methods.
-
-    Args:
-        backend: The backend doing the work.
-        store: Where results are recorded.
-        spec_extra: Backend settings that change answers (e.g. model revision), mixed into every
-            key's spec hash.
-    """
-
-    def __init__(self, backend: Backend, store: RequestStore, spec_extra: Mapping[str, Any] | None = None) -> None:
-        self.backend = backend
-        self.store = store
-        self.spec_extra = dict(spec_extra or {})
-
-    def _run(self, key: RecordKey, policy: str, call: Any) -> Any:
-        hit = self.store.get(key)
-        if hit is not None and hit[0] == DONE:
-            return hit[1]
-        result = call()
-        status = FAILED if getattr(result, "error", None) else DONE
-        self.store.put(key, policy, result, status=status, error=getattr(result, "error", None))
-        return result
-
-    def generate(self, prompt: str, policy: PolicySpec, seed: int) -> Generation:
-        key = make_key("generate", {**_policy_spec_dict(policy), **self.spec_extra}, prompt, str(seed))
-        return self._run(key, policy.name, lambda: self.backend.generate(prompt, policy, seed))
-
-    def teacher_force(self, prompt: str, response: str, policy: PolicySpec, ended: bool | None = None) -> TeacherForced:
-        item = sha256(response) if ended is None else f"{sha256(response)}#ended={int(ended)}"
-        key = make_key("teacher_force", {**_policy_spec_dict(policy), **self.spec_extra}, prompt, item)
-        if ended is None:
-            return self._run(key, policy.name, lambda: self.backend.teacher_force(prompt, response, policy))
-        return self._run(key, policy.name, lambda: self.backend.teacher_force(prompt, response, policy, ended=ended))
-
-    def judge(self, prompt: str, response: str, judge: JudgeSpec) -> Judgement:
-        key = make_key("judge", {**asdict(judge), **self.spec_extra}, prompt, sha256(response))
-        return self._run(key, "judge", lambda: self.backend.judge(prompt, response, judge))
-
-    def generate_batch(self, prompts: list[str], policy: PolicySpec, seeds: list[int]) -> list[Generation]:
-        return [self.generate(p, policy, s) for p, s in zip(prompts, seeds, strict=True)]
-
-    def teacher_force_batch(self, prompts: list[str], responses: list[str], policy: PolicySpec,
-                            ended: Sequence[bool] | None = None) -> list[TeacherForced]:
-        flags = [None] * len(prompts) if ended is None else [bool(e) for e in ended]
-        return [self.teacher_force(p, r, policy, e) for p, r, e in zip(prompts, responses, flags, strict=True)]
-
-    def judge_batch(self, prompts: list[str], responses: list[str], judge: JudgeSpec) -> list[Judgement]:
-        return [self.judge(p, r, judge) for p, r in zip(prompts, responses, strict=True)]
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "backend":  # not yet set (copy/pickle): avoid infinite recursion
-            raise AttributeError(name)
-        # Extra powers of the wrapped backend (e.g. SimulatedTruth methods) stay reachable.
-        return getattr(self.backend, name)

@@ -5,7 +5,8 @@ The layout (``cje-eval``): ``logged_data.jsonl`` (one row per logged response),
 ``probe_slice/{policy}_probe.jsonl`` (oracle-labelled probes). :func:`parse_jsonl` turns the bytes
 of one file into a frame whose index is the file's line numbers (pure parsing: the Kedro dataset
 ``arena_cje.datasets.CJEJsonlDataset`` reads the file); :meth:`CJEDataset.from_frames` turns the
-frames into flat numeric frames.
+frames into flat numeric frames. The writer of the same layout (from a run's tables) is
+:mod:`arena_cje.cje.reference_layout`.
 
 Every input that cannot be used as given raises :class:`CJEDataError`, naming the file (or the
 frame, for frames built in memory), the line (or row label) and the field. Missing values

@@ -24,12 +24,14 @@ from arena_cje.crowd.export import (
 from arena_cje.crowd.parse import ParsedRatings, RawFile, decode_bytes, parse_ratings
 from arena_cje.crowd.select import horvitz_thompson_mean, stratified_sample
 from arena_cje.crowd.simulate import CrowdConfig, llm_oracle_ratings, ratings_csv_bytes, simulate_platform_ratings
+from arena_cje.crowd.summary import SummarySettings, summarise_labeling
 from arena_cje.crowd.validate import parse_rating, validate_ratings
 
 __all__ = [
     "CrowdConfig",
     "ParsedRatings",
     "RawFile",
+    "SummarySettings",
     "add_quality_items",
     "aggregate_ratings",
     "agreement_by_policy",
@@ -48,6 +50,7 @@ __all__ = [
     "ratings_csv_bytes",
     "llm_oracle_ratings",
     "simulate_platform_ratings",
+    "summarise_labeling",
     "stratified_sample",
     "surge_tasks",
     "validate_ratings",

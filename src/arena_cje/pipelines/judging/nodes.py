@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from arena_cje.backends.base import judge_batch
-from arena_cje.experiment import backend_from_params, judge_spec
+from arena_cje.experiment import backend_from_params, judge_spec, own_backend
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +21,15 @@ def judge_responses(prompts: pd.DataFrame, responses: pd.DataFrame, backend: dic
 
     Unparseable or refused judgements keep ``judge_score`` missing and carry the raw text.
     ``judge_rescore`` is a second judgement of a random subset (backends with
-    ``judge_rescore_fraction``), to measure the judge's own noise; missing elsewhere.
+    ``judge_rescore_fraction``), to measure the judge's own noise; missing elsewhere. The judge
+    runs on its own backend when ``judge.backend`` names one, else on the top-level ``backend``.
 
     Returns:
         Columns ``prompt_id, policy, draw_idx, judge_score, judge_rescore, judge_raw, error``.
     """
     items = responses[responses["error"].isna()].merge(prompts[["prompt_id", "prompt"]], on="prompt_id", how="left")
-    results = judge_batch(backend_from_params(backend), items["prompt"].tolist(), items["response"].tolist(), judge_spec(judge))
+    client = backend_from_params(own_backend(judge, backend))
+    results = judge_batch(client, items["prompt"].tolist(), items["response"].tolist(), judge_spec(judge))
     scores = pd.DataFrame(
         {
             "prompt_id": items["prompt_id"].to_numpy(),

@@ -11,22 +11,20 @@ import logging
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from arena_cje.backends import SimulatedTruth
 from arena_cje.backends.base import judge_batch
+from arena_cje.cje.reference_layout import build_reference_layout
 from arena_cje.crowd import (
     CrowdConfig,
     RawFile,
     add_quality_items,
     aggregate_ratings,
-    agreement_by_policy,
-    duplicate_consistency,
+    SummarySettings,
     expected_cost,
     generic_tasks,
     instructions_markdown,
-    krippendorff_alpha,
     label_studio_config,
     label_studio_tasks,
     llm_oracle_ratings,
@@ -38,8 +36,9 @@ from arena_cje.crowd import (
     surge_tasks,
     validate_ratings,
 )
+from arena_cje.crowd import summarise_labeling as crowd_summary
 from arena_cje.crowd import worker_quality as _worker_quality
-from arena_cje.experiment import backend_from_params, judge_spec, stable_seed
+from arena_cje.experiment import backend_from_params, judge_spec, own_backend, stable_seed
 
 logger = logging.getLogger(__name__)
 
@@ -143,37 +142,38 @@ def collect_ratings(
       worker pool with noisy workers and spammers (``labeling.simulated_crowd``), so the import
       and quality control that follow have real problems to find;
     - ``llm``: an LLM judge used as the oracle (``labeling.llm_oracle``: model, temperature,
-      rubric), one rating per task, for backends with a real model but no simulated raters.
+      rubric, and optionally its own ``backend`` block), one rating per task, for backends with a
+      real model but no simulated raters.
 
     Raises:
         RuntimeError: ``crowd`` with a backend that has no simulated raters (real humans must
             label the exported tasks; the message says how).
     """
-    client = backend_from_params(backend)
     rating_min, rating_max = labeling["rating_min"], labeling["rating_max"]
     oracle = labeling.get("oracle", "crowd")
+    if oracle not in ("crowd", "llm"):
+        raise ValueError(f"labeling.oracle must be 'crowd' or 'llm', got {oracle!r}")
     if oracle == "llm":
         spec = judge_spec(labeling["llm_oracle"])
+        judge = backend_from_params(own_backend(labeling["llm_oracle"], backend))
 
         def score(prompts: list[str], responses: list[str]) -> list[float | None]:
-            return [j.score for j in judge_batch(client, prompts, responses, spec)]
+            return [j.score for j in judge_batch(judge, prompts, responses, spec)]
 
-        ratings = llm_oracle_ratings(label_tasks, score, rating_min, rating_max)
-    elif oracle != "crowd":
-        raise ValueError(f"labeling.oracle must be 'crowd' or 'llm', got {oracle!r}")
-    elif not isinstance(client, SimulatedTruth):
+        return RawFile("crowd_ratings.csv", ratings_csv_bytes(llm_oracle_ratings(label_tasks, score, rating_min, rating_max)))
+    world = backend_from_params(backend)
+    if not isinstance(world, SimulatedTruth):
         raise RuntimeError(
             "This backend has no simulated raters. Send data/03_primary/labeling/label_tasks.csv (Surge), "
             "label_tasks_generic.csv or label_studio_tasks.json to your labeling platform, save its results as "
             "data/01_raw/labels/crowd_ratings.csv, then run `kedro run --pipelines labeling_import,estimation,reporting` "
             "(or set labeling.oracle: llm to let an LLM oracle answer)."
         )
-    else:
-        ratings = simulate_platform_ratings(
-            label_tasks, label_task_mapping, client.rate, int(labeling["votes_per_item"]),
-            rating_min, rating_max, CrowdConfig(**dict(labeling["simulated_crowd"])),
-            seed=stable_seed(labeling["seed"], "crowd"),
-        )
+    ratings = simulate_platform_ratings(
+        label_tasks, label_task_mapping, world.rate, int(labeling["votes_per_item"]),
+        rating_min, rating_max, CrowdConfig(**dict(labeling["simulated_crowd"])),
+        seed=stable_seed(labeling["seed"], "crowd"),
+    )
     return RawFile("crowd_ratings.csv", ratings_csv_bytes(ratings))
 
 
@@ -272,69 +272,12 @@ def summarise_labeling(
     labeling_import_report: dict[str, Any],
     labeling: dict[str, Any],
 ) -> dict[str, Any]:
-    """What the report shows: labels collected vs needed, agreement, rater quality and cost."""
-    items = label_task_mapping[label_task_mapping["kind"] == "item"]
-    needed = items.groupby("purpose").size()
-    collected = oracle_labels.groupby("purpose").size()
-    probe_needed = items[items["purpose"] == "probe"].groupby("policy").size()
-    probe_collected = oracle_labels[oracle_labels["purpose"] == "probe"].groupby("policy").size()
-    dropped = set(worker_quality.loc[worker_quality["dropped"], "worker_id"])
-    kept = valid_ratings[~valid_ratings["worker_id"].isin(dropped)]
-    votes = int(labeling["votes_per_item"])
-    price = float(labeling["price_per_label"])
-    lo, hi = labeling["rating_min"], labeling["rating_max"]
-    return _jsonable(
-        {
-            "labels": {
-                "needed": int(len(items)),
-                "collected": int(len(oracle_labels)),
-                "by_purpose": {p: {"needed": int(n), "collected": int(collected.get(p, 0))} for p, n in needed.items()},
-                "probe_by_policy": {p: {"needed": int(n), "collected": int(probe_collected.get(p, 0))} for p, n in probe_needed.items()},
-                "mean_votes_per_label": float(oracle_labels["n_votes"].mean()) if len(oracle_labels) else None,
-            },
-            "votes": {
-                "expected": int(len(label_task_mapping) * votes),
-                "received": int(labeling_import_report["rows"]),
-                "valid": int(labeling_import_report["valid_rows"]),
-                "quarantined": int(labeling_import_report["quarantined_rows"]),
-                "from_dropped_workers": int(len(valid_ratings) - len(kept)),
-                "quarantine_reasons": labeling_import_report["reasons"],
-            },
-            "agreement": {
-                "metric": "krippendorff_alpha_interval",
-                "overall": krippendorff_alpha(kept, label_task_mapping),
-                "by_policy": agreement_by_policy(kept, label_task_mapping),
-                "overall_before_qc": krippendorff_alpha(valid_ratings, label_task_mapping),
-                "duplicate_mean_abs_diff": duplicate_consistency(kept, label_task_mapping, lo, hi),
-            },
-            "workers": {
-                "n": int(len(worker_quality)),
-                "dropped": sorted(dropped),
-                "min_gold_accuracy": float(labeling["min_gold_accuracy"]),
-                "mean_gold_accuracy": float(worker_quality["gold_accuracy"].mean()) if worker_quality["gold_accuracy"].notna().any() else None,
-            },
-            "cost": {
-                "currency": str(labeling["currency"]),
-                "price_per_label": price,
-                "expected": expected_cost(len(label_task_mapping), votes, price),
-                "received_votes": float(labeling_import_report["rows"] * price),
-            },
-            "file": {k: labeling_import_report[k] for k in ("file", "bytes", "sha256", "encoding", "format", "separator", "file_problems")},
-        }
+    """What the report shows: labels collected vs needed, agreement, rater quality and cost
+    (see :func:`arena_cje.crowd.summarise_labeling`)."""
+    return crowd_summary(
+        label_task_mapping, valid_ratings, worker_quality, oracle_labels, labeling_import_report,
+        SummarySettings.from_params(labeling),
     )
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars -> python, NaN -> None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def assemble_cje_dataset(
@@ -347,65 +290,11 @@ def assemble_cje_dataset(
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Write the run in the reference library's layout (what estimation and ``cje-eval`` read).
 
+    See :func:`arena_cje.cje.reference_layout.build_reference_layout` for the columns.
+
     Returns:
-        ``(logged_data, fresh_draws, probe_slices)``: logged rows carry ``prompt, response,
-        base_policy_logprob, target_policy_logprobs{}`` (every policy, the logging one included),
-        ``judge_score, oracle_label, metadata``;
-        ``fresh_draws`` and ``probe_slices`` map each policy (saved as
-        ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``) to frames of ``prompt_id, prompt,
-        response, judge_score, draw_idx, oracle_label, logprob, n_tokens`` (``logprob``: the
-        response's log-prob under its own policy, for the target-typicality diagnostic); probe
-        slices also carry ``inclusion_prob`` (Horvitz-Thompson weights of stratified probes).
+        ``(logged_data, fresh_draws, probe_slices)``; ``fresh_draws`` and ``probe_slices`` map each
+        policy to its frame (saved as ``{policy}_responses.jsonl`` / ``{policy}_probe.jsonl``).
     """
-    key = ["prompt_id", "policy", "draw_idx"]
-    scored = (
-        responses[responses["error"].isna()][[*key, "response", "logprob", "n_tokens"]]
-        .merge(prompts[["prompt_id", "prompt", "split"]], on="prompt_id")
-        .merge(judge_scores[[*key, "judge_score"]], on=key, how="left")
-    )
-    calibration_labels = oracle_labels[oracle_labels["purpose"] == "calibration"][[*key, "oracle_label"]]
-    scored = scored.merge(calibration_labels, on=key, how="left")
-
-    wide = logprobs.pivot(index="prompt_id", columns="policy", values="logprob")
-    # The logging policy is its own target too: its weights are exactly 1, a built-in sanity check.
-    targets = list(wide.columns)
-    logged = scored[scored["policy"] == logging_policy].join(wide, on="prompt_id")
-    logged_data = pd.DataFrame(
-        {
-            "prompt_id": logged["prompt_id"].to_numpy(),
-            "prompt": logged["prompt"].to_numpy(),
-            "response": logged["response"].to_numpy(),
-            "base_policy_logprob": [_none_if_nan(v) for v in logged[logging_policy]],
-            "target_policy_logprobs": [
-                {t: _none_if_nan(row[t]) for t in targets} for _, row in logged[targets].iterrows()
-            ],
-            "judge_score": [_none_if_nan(v) for v in logged["judge_score"]],
-            "oracle_label": [_none_if_nan(v) for v in logged["oracle_label"]],
-            "n_tokens": [_none_if_nan(v) for v in logged["n_tokens"]],
-            "metadata": [{"prompt_id": pid, "split": s, "policy": logging_policy} for pid, s in zip(logged["prompt_id"], logged["split"])],
-        }
-    )
-    draw_columns = ["prompt_id", "prompt", "response", "judge_score", "draw_idx", "oracle_label", "logprob", "n_tokens"]
-    # Every policy is estimated on the logged prompts (the layout requires it, and paired
-    # differences need the same prompts): a prompt whose logged response failed is left out of
-    # the fresh draws and probes too, and counted.
-    orphan = ~scored["prompt_id"].isin(set(logged["prompt_id"]))
-    if orphan.any():
-        logger.warning(
-            "assemble_cje_dataset: %d responses of %d prompts left out: those prompts have no logged %s response "
-            "(first: %s)", int(orphan.sum()), scored.loc[orphan, "prompt_id"].nunique(), logging_policy,
-            scored.loc[orphan, "prompt_id"].iloc[0],
-        )
-        scored = scored[~orphan]
-    fresh_draws = {policy: group[draw_columns].reset_index(drop=True) for policy, group in scored.groupby("policy")}
-    # Probes keep their inclusion probability (stratified probes: estimation weights them by 1/pi).
-    probe_cols = [*key, "oracle_label"] + (["inclusion_prob"] if "inclusion_prob" in oracle_labels.columns else [])
-    probe_labels = oracle_labels[oracle_labels["purpose"] == "probe"][probe_cols]
-    probes = scored.drop(columns="oracle_label").merge(probe_labels, on=key, how="inner")
-    probe_columns = draw_columns + (["inclusion_prob"] if "inclusion_prob" in probes.columns else [])
-    probe_slices = {policy: group[probe_columns].reset_index(drop=True) for policy, group in probes.groupby("policy")}
-    return logged_data, fresh_draws, probe_slices
-
-
-def _none_if_nan(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
+    layout = build_reference_layout(prompts, responses, logprobs, judge_scores, oracle_labels, logging_policy)
+    return layout.logged, layout.fresh_draws, layout.probe_slices
