@@ -57,6 +57,7 @@ from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset, suspect_logprob_rows
 from arena_cje.cje.folds import fold_of
 from arena_cje.cje.weights import (
+    JudgeOrder,
     WeightDiagnostics,
     ess_fraction,
     hajek_weights,
@@ -332,13 +333,14 @@ def _simcal_jackknife(ctx: EstimationContext, pw: PolicyWeights, r: np.ndarray) 
     grp = fold_of(pid, SIMCAL_JACKKNIFE_GROUPS)
     judge = ctx.logged["judge_score"].to_numpy(dtype=float)[m]
     folds = ctx.folds[m]
+    order = JudgeOrder(judge)  # one sort serves all refits
     thetas = []
     for g in range(SIMCAL_JACKKNIFE_GROUPS):
         keep = grp != g
         if keep.sum() < 2 or keep.all():
             continue
         wk = pw.raw[keep] / pw.raw[keep].mean()
-        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap).weights
+        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap, order=order.subset(keep)).weights
         thetas.append(float(np.sum(wj * r[keep]) / np.sum(wj)))
     t = np.asarray(thetas)
     if t.size < 2:
