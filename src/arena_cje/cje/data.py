@@ -376,7 +376,7 @@ def _prompt_ids(frame: _Frame) -> np.ndarray:
 
 def _check_unique(frame: _Frame, keys: Sequence[Any], field_name: str, what: str, why: str) -> None:
     """Raise at the first repeated key, naming both lines."""
-    if pd.Index(keys).is_unique:
+    if pd.Index(np.asarray(keys, dtype=object) if not isinstance(keys, list) else keys, dtype=object).is_unique:
         return
     first: dict[Any, int] = {}
     dups: list[tuple[int, int]] = []
@@ -447,7 +447,10 @@ def _response_frame(frame: _Frame, covariates: tuple[str, ...], need_label: bool
         _check_unique(frame, [(p, None if np.isnan(d) else float(d)) for p, d in zip(pid, draw, strict=True)],
                       "prompt_id", "draw (prompt_id, draw_idx)",
                       "each fresh draw of a prompt needs its own draw_idx")
-    out = pd.DataFrame({"prompt_id": pid, "draw_idx": draw, "judge_score": judge, "oracle_label": label})
+    # prompt_id as object: pandas' default Arrow strings would convert every id back to a Python
+    # string at each of the estimators' many to_numpy(dtype=object) calls
+    out = pd.DataFrame({"prompt_id": pd.Series(pid, dtype=object), "draw_idx": draw, "judge_score": judge,
+                        "oracle_label": label})
     for c, v in _covariates(frame, covariates, strict=False).items():
         out[c] = v
     # Optional: the policy's own generation log-prob and token count (target-typicality coverage).
@@ -461,7 +464,7 @@ def _response_frame(frame: _Frame, covariates: tuple[str, ...], need_label: bool
 
 def _check_known_prompts(frame: _Frame, prompt_ids: np.ndarray, logged_ids: set[str], what: str) -> None:
     """Fresh draws and probes must answer prompts of the logged data (the estimators join on prompt_id)."""
-    unknown = np.flatnonzero(~pd.Index(prompt_ids).isin(list(logged_ids)))
+    unknown = np.flatnonzero(~pd.Series(prompt_ids, dtype=object).isin(np.array(list(logged_ids), dtype=object)).to_numpy())
     if unknown.size:
         first = list(dict.fromkeys(prompt_ids[unknown]))[:_MAX_LISTED]
         raise frame.error(
@@ -643,7 +646,8 @@ class CJEDataset:
         _check_range(lf, "base_policy_logprob", base, -np.inf, 0.0)
         lps = _target_logprobs(lf)
 
-        frame = pd.DataFrame({"prompt_id": pid, "judge_score": judge, "oracle_label": label, "base_logprob": base})
+        frame = pd.DataFrame({"prompt_id": pd.Series(pid, dtype=object), "judge_score": judge, "oracle_label": label,
+                              "base_logprob": base})  # object ids: see _response_frame
         for c, v in _covariates(lf, covariates).items():
             frame[c] = v
         if "n_tokens" in lf.df.columns:  # optional: tokens of the logged response (target typicality)

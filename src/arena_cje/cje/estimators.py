@@ -112,14 +112,15 @@ def _prompt_sum(prompt_ids: np.ndarray, phi: np.ndarray) -> pd.Series:
     """psi_g = (G/n) sum_{i in g} phi_i, indexed by prompt_id."""
     codes, uniq = pd.factorize(prompt_ids)
     s = np.bincount(codes, weights=phi, minlength=len(uniq))
-    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id"))
+    # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id", dtype=object))
 
 
 def _prompt_mean(prompt_ids: np.ndarray, values: np.ndarray) -> pd.Series:
     codes, uniq = pd.factorize(prompt_ids)
     s = np.bincount(codes, weights=values, minlength=len(uniq))
     c = np.bincount(codes, minlength=len(uniq))
-    return pd.Series(s / c, index=pd.Index(uniq, name="prompt_id"))
+    return pd.Series(s / c, index=pd.Index(uniq, name="prompt_id", dtype=object))
 
 
 @dataclass
@@ -200,7 +201,7 @@ class EstimationContext:
             d = {"frame": f, "pid": f["prompt_id"].to_numpy(dtype=object), "judge": f["judge_score"].to_numpy(dtype=float),
                  "label": f["oracle_label"].to_numpy(dtype=float)}
             codes, uniq = pd.factorize(d["pid"])
-            d["codes"], d["uniq"] = codes, pd.Index(uniq)
+            d["codes"], d["uniq"] = codes, pd.Index(uniq, dtype=object)
             d["counts"] = np.bincount(codes, minlength=len(uniq)).astype(float)
             if self.cal is not None:
                 d["pred"] = self.cal.predict_oof(f)

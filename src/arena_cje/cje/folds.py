@@ -16,10 +16,9 @@ import pandas as pd
 
 def fold_of(prompt_ids: Iterable[str], n_folds: int) -> np.ndarray:
     """Fold index in ``0..n_folds-1`` of each prompt: ``crc32(prompt_id) mod n_folds``."""
-    ids = prompt_ids if isinstance(prompt_ids, (np.ndarray, pd.Series, pd.Index)) else list(prompt_ids)
-    values = np.asarray(ids, dtype=object)
-    codes, uniques = pd.factorize(values)  # hash each distinct prompt once
-    if (codes < 0).any():  # null ids (pandas drops them from the uniques): hash str(id) row by row
-        codes, uniques = np.arange(len(values)), values
-    crc = np.fromiter((zlib.crc32(str(p).encode("utf-8")) for p in uniques), dtype=np.int64, count=len(uniques))
-    return (crc % n_folds)[codes].astype(np.int64)
+    # One C call per row (about 0.25 s per million ids); pd.factorize to hash distinct ids only
+    # costs more than hashing every row.
+    if isinstance(prompt_ids, (pd.Series, pd.Index)):
+        prompt_ids = prompt_ids.to_numpy(dtype=object)  # iterating an Arrow-backed column is ~20x slower
+    crc = [zlib.crc32((p if p.__class__ is str else str(p)).encode("utf-8")) for p in prompt_ids]
+    return np.asarray(crc, dtype=np.int64) % n_folds

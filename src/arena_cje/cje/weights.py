@@ -92,6 +92,19 @@ def _simplex_min_variance(cov: np.ndarray) -> np.ndarray:
 _TIE_EPS = float(np.finfo(np.float64).resolution)
 
 
+def _block_knots(x: np.ndarray, fit: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last point of each PAV block: the knots that define the piecewise-linear predictor.
+
+    Interpolating on them equals interpolating on every point (the fit is constant inside a
+    block), as sklearn's ``trim_duplicates`` does, and makes out-of-fold prediction cheap.
+    """
+    ends = np.stack([blocks[:-1], blocks[1:] - 1], axis=1).ravel()
+    keep = np.ones(ends.size, dtype=bool)
+    np.not_equal(ends[1:], ends[:-1], out=keep[1:])  # a one-point block is one knot
+    ends = ends[keep]
+    return x[ends], fit[ends]
+
+
 class JudgeOrder:
     """Rows sorted once by judge score, with the tie groups sklearn's ``IsotonicRegression`` forms.
 
@@ -140,16 +153,20 @@ class JudgeOrder:
         x = self.x_sorted if train_sorted is None else self.x_sorted[train_sorted]
         y = y_sorted if train_sorted is None else y_sorted[train_sorted]
         if not self.has_ties:
-            fit = np.maximum(isotonic_regression(y, increasing=increasing).x, 0.0)
-            return x, fit, fit
+            res = isotonic_regression(y, increasing=increasing)
+            fit = np.maximum(res.x, 0.0)
+            knots, values = _block_knots(x, fit, res.blocks)
+            return knots, values, fit
         g = self.group_sorted if train_sorted is None else self.group_sorted[train_sorted]
         first = np.ones(g.size, dtype=bool)
         np.not_equal(g[1:], g[:-1], out=first[1:])
         local = np.cumsum(first) - 1  # tie group among the training rows
         counts = np.bincount(local).astype(float)
         means = np.bincount(local, weights=y) / counts
-        fit = np.maximum(isotonic_regression(means, weights=counts, increasing=increasing).x, 0.0)
-        return x[first], fit, fit[local]
+        res = isotonic_regression(means, weights=counts, increasing=increasing)
+        fit = np.maximum(res.x, 0.0)
+        knots, values = _block_knots(x[first], fit, res.blocks)
+        return knots, values, fit[local]
 
     def monotone(self, y_sorted: np.ndarray, increasing: bool) -> np.ndarray:
         """In-sample isotonic fit on all rows, in sorted order."""
