@@ -90,3 +90,17 @@ def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match="quality_intercpt"):
         SimulatedBackend(world_parameters={"quality_intercpt": 1.0})
 
+
+
+def test_batch_built_tables_are_bitwise_the_single_ones(prompts):
+    """The true-value sampler and teacher forcing build tables in batches; results must not depend on it."""
+    from arena_cje.backends.simulated.features import policy_features
+
+    pol = policy_features(HELPFUL + " Think step-by-step before answering.", "mislead")
+    one, many = SimulatedBackend(seed=0), SimulatedBackend(seed=0)
+    pfs = [one.features(p) for p in prompts[:12]]
+    batch = many.world.tables_many(pfs, pol, 0.7, 64)
+    for pf, tb in zip(pfs, batch, strict=True):
+        single = one.world.tables(pf, pol, 0.7, 64)
+        for name in ("zT", "logZ", "logp_eot", "cdf", "cls"):
+            np.testing.assert_array_equal(getattr(single, name), getattr(tb, name))

@@ -57,6 +57,7 @@ from arena_cje.backends.simulated.world import (
 WORLD_VERSION = "sim-world-4"
 _DOMAIN_GENERATE = 0x47454E
 _DOMAIN_TRUTH = 0x545255
+_TF_CHUNK = 1024  # teacher-forcing rows whose tables are built together
 
 
 class SimulatedBackend:
@@ -134,16 +135,13 @@ class SimulatedBackend:
             raise ValueError(f"policy {policy.name}: top_p must be 1.0 for exact log-probs, got {policy.top_p}")
         return policy_features(policy.system_prompt, self.adversarial_keyword)
 
-    def _tables(self, prompt: str, policy: PolicySpec, pol: PolicyFeatures) -> Tables:
-        return self.world.tables(self.features(prompt), pol, policy.temperature, policy.max_tokens)
-
     def _group(self, prompts: list[str], policy: PolicySpec) -> tuple[list[Tables], np.ndarray]:
         pol = self._policy(policy)
         index: dict[str, int] = {}
         rows = np.empty(len(prompts), dtype=np.int64)
         for i, p in enumerate(prompts):
             rows[i] = index.setdefault(p, len(index))
-        tabs = [self._tables(p, policy, pol) for p in index]
+        tabs = self.world.tables_many([self.features(p) for p in index], pol, policy.temperature, policy.max_tokens)
         return tabs, rows
 
     # ------------------------------------------------------------------ generation
@@ -202,7 +200,11 @@ class SimulatedBackend:
             raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
         pol = self._policy(policy)
         out = []
+        tabs: list[Tables] = []
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            if i % _TF_CHUNK == 0:  # the next chunk's tables, built in one batch
+                chunk = [self.features(p) for p in prompts[i:i + _TF_CHUNK]]
+                tabs = self.world.tables_many(chunk, pol, policy.temperature, policy.max_tokens)
             words = response.split()
             unknown = [w for w in words if w not in WORD_INDEX]
             if unknown:
@@ -225,7 +227,7 @@ class SimulatedBackend:
                     continue
                 include_eot = bool(ended[i])
             ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
-            total, _ = WorldModel.score(self._tables(prompt, policy, pol), ids, include_eot)
+            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], ids, include_eot)
             out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
                                      tail_mass_bound=0.0))
         return out
@@ -350,11 +352,11 @@ class SimulatedBackend:
         for start in range(0, P, per_chunk):
             chunk = prompts[start:start + per_chunk]
             pfs = [self.features(p) for p in chunk]
-            tabs = [self.world.tables(pf, pol, policy.temperature, policy.max_tokens) for pf in pfs]
+            tabs = self.world.tables_many(pfs, pol, policy.temperature, policy.max_tokens)
             rows = np.repeat(np.arange(len(chunk)), m)
             draw = np.tile(np.arange(m), len(chunk))
             keys = sequence_keys(self.seed, _DOMAIN_TRUTH, to_uint64([pf.key for pf in pfs])[rows], draw)
-            out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False)
+            out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False, with_logprob=False)
             topics = np.array([pf.topic for pf in pfs])[rows]
             diff = np.array([pf.difficulty for pf in pfs])[rows]
             hidden = self.hidden_quality_sd * self.world.hidden_quality(out["tokens"], out["length"])

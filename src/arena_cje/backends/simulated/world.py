@@ -173,6 +173,17 @@ def _lse_rows(x: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
+def _lse_tables(x: np.ndarray) -> np.ndarray:
+    """``_lse_rows`` of each (S, V) table of a (U, S, V) stack.
+
+    Table by table, each in Fortran order, on purpose: numpy orders a reduction's additions by the
+    memory layout, and the tables must stay bitwise those of the original one-table builder (whose
+    ``class_logit[:, cls]`` gather made Fortran-ordered arrays), which cached true values and the
+    pinned test rely on.
+    """
+    return np.stack([_lse_rows(np.asfortranarray(x[u])) for u in range(x.shape[0])]) if x.shape[0] else np.empty(x.shape[:2])
+
+
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 
@@ -308,6 +319,32 @@ class WorldModel:
             self._cache.popitem(last=False)
         return tab
 
+    def tables_many(self, pfs: list[PromptFeatures], pol: PolicyFeatures, temperature: float,
+                    max_tokens: int) -> list[Tables]:
+        """``[self.tables(pf, ...) for pf in pfs]``, building the missing tables in one vectorised batch.
+
+        A batch-built table is bitwise the one ``tables`` builds alone (the same element-wise
+        operations and last-axis reductions, row by row), so results never depend on batching.
+        """
+        T, mt = float(temperature), int(max_tokens)
+        out: list[Tables | None] = []
+        missing: dict[PromptFeatures, int] = {}
+        for pf in pfs:
+            tab = self._cache.get((pf, pol, T, mt))
+            if tab is not None:
+                self._cache.move_to_end((pf, pol, T, mt))
+            elif pf not in missing:
+                missing[pf] = len(missing)
+            out.append(tab)
+        if missing:
+            built = self._build_many(list(missing), pol, T, mt)
+            for pf, tab in zip(missing, built, strict=True):
+                self._cache[(pf, pol, T, mt)] = tab
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            out = [tab if tab is not None else built[missing[pf]] for tab, pf in zip(out, pfs, strict=True)]
+        return out  # type: ignore[return-value]
+
     def _prompt_words(self, pf: PromptFeatures) -> tuple[np.ndarray, np.ndarray]:
         """(word classes, word logits ``w[v] - log |class(v)| + e_prompt[v]``) of a prompt (cached)."""
         hit = self._word_cache.get(pf.key)
@@ -327,95 +364,109 @@ class WorldModel:
         return cls, word
 
     def _build(self, pf: PromptFeatures, pol: PolicyFeatures, T: float, max_tokens: int) -> Tables:
+        return self._build_many([pf], pol, T, max_tokens)[0]
+
+    def _build_many(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, max_tokens: int) -> list[Tables]:
+        """Tables of several prompts under one policy, arrays (U, S, V) at once (formulas: module docstring)."""
         if not T > 0:
             raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        cls, word = self._prompt_words(pf)
-        d = pf.difficulty
-        shift = np.asarray(pol.class_shift, dtype=np.float64).copy()
+        words = [self._prompt_words(pf) for pf in pfs]
+        cls = np.stack([w[0] for w in words])                                       # (U, V)
+        word = np.stack([w[1] for w in words])                                      # (U, V)
+        d = np.array([pf.difficulty for pf in pfs])
         wp = self.params
-        shift[ERR] += wp.error_difficulty_shift * d + wp.error_shift_offset    # harder prompts -> more errors
-        shift[REA] += wp.reasoning_difficulty_shift * d                        # ... and more reasoning
+        shift = np.tile(np.asarray(pol.class_shift, dtype=np.float64), (len(pfs), 1))  # (U, C)
+        shift[:, ERR] += wp.error_difficulty_shift * d + wp.error_shift_offset    # harder prompts -> more errors
+        shift[:, REA] += wp.reasoning_difficulty_shift * d                        # ... and more reasoning
         if pol.cot:
-            shift[ERR] += wp.cot_error_difficulty_shift * d    # step-by-step helps most where it is hard
-        class_logit = BASE_CLASS_LOGIT[None, :] + TRANSITION + shift[None, :]       # (S, C)
-        z = self.logit_scale * (class_logit[:, cls] + word[None, :])                # (S, V)
-        lse1 = _lse_rows(z)                                                  # (S,)
-        L = max(pf.target_length * pol.length_mult, 2.0)
+            shift[:, ERR] += wp.cot_error_difficulty_shift * d    # step-by-step helps most where it is hard
+        class_logit = BASE_CLASS_LOGIT[None, None, :] + TRANSITION[None] + shift[:, None, :]   # (U, S, C)
+        per_word = np.ascontiguousarray(np.take_along_axis(
+            class_logit, np.broadcast_to(cls[:, None, :], (len(pfs), N_STATES, N_WORDS)), axis=2))
+        z = self.logit_scale * (per_word + word[:, None, :])                      # (U, S, V)
+        lse1 = _lse_tables(z)                                                     # (U, S)
+        L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
         t = np.arange(max_tokens, dtype=np.float64)
-        z_eot = lse1[:, None] + EOT_OFFSET[:, None] + self.eot_slope * np.log((t[None, :] + 1.0) / L)
+        z_eot = (lse1[:, :, None] + EOT_OFFSET[None, :, None]
+                 + self.eot_slope * np.log((t[None, None, :] + 1.0) / L[:, None, None]))
         zT = z / T
-        lseT = _lse_rows(zT)                                                 # (S,)
+        lseT = _lse_tables(zT)                                                    # (U, S)
         zeT = z_eot / T
-        logZ = np.logaddexp(lseT[:, None], zeT)
+        logZ = np.logaddexp(lseT[:, :, None], zeT)
         logp_eot = zeT - logZ
-        q = np.exp(zT - lseT[:, None])
-        cdf = np.cumsum(q, axis=1)
-        cdf /= cdf[:, -1:]
-        cdf[:, -1] = 1.0
+        q = np.exp(zT - lseT[:, :, None])
+        cdf = np.cumsum(q, axis=2)
+        cdf /= cdf[:, :, -1:]
+        cdf[:, :, -1] = 1.0
         for arr in (zT, logZ, logp_eot, cdf):
             arr.setflags(write=False)
-        return Tables(zT=zT, logZ=logZ, logp_eot=logp_eot, cdf=cdf, cls=cls.astype(np.int64))
+        cls64 = cls.astype(np.int64)
+        return [Tables(zT=zT[u], logZ=logZ[u], logp_eot=logp_eot[u], cdf=cdf[u], cls=cls64[u]) for u in range(len(pfs))]
 
     # ------------------------------------------------------------------ sampling
     def sample(self, tabs: list[Tables], rows: np.ndarray, keys: np.ndarray, max_tokens: int,
-               record_logprobs: bool = True) -> dict[str, np.ndarray]:
+               record_logprobs: bool = True, with_logprob: bool = True) -> dict[str, np.ndarray]:
         """Sample one sequence per entry of ``rows`` (index into ``tabs``), all steps vectorised.
 
         Returns a dict with ``tokens`` (B, max length) int16 (-1 padding), ``length`` (words),
-        ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT) and,
-        if requested, ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
+        ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT; None
+        when ``with_logprob`` is False, which the true-value Monte Carlo uses) and, if requested,
+        ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
         """
         B = rows.size
         U = len(tabs)
         V = N_WORDS
         S = N_STATES
-        zT = np.stack([tb.zT for tb in tabs])              # (U, S, V)
-        logZ = np.stack([tb.logZ for tb in tabs])          # (U, S, Tm)
-        lpe = np.stack([tb.logp_eot for tb in tabs])       # (U, S, Tm)
-        cls = np.stack([tb.cls for tb in tabs])            # (U, V)
+        # Flat tables, indexed by one integer per draw (row r = u * S + s): one gather per lookup.
+        zT = np.stack([tb.zT for tb in tabs]).ravel()                 # [(u S + s) V + v]
+        logZ = np.stack([tb.logZ for tb in tabs]).ravel()             # [(u S + s) Tm + t]
+        lpe = np.stack([tb.logp_eot for tb in tabs]).ravel()          # [(u S + s) Tm + t]
+        cls = np.stack([tb.cls for tb in tabs]).ravel()               # [u V + v]
+        Tm = tabs[0].logZ.shape[1] if U else max_tokens
         offs = np.arange(U * S, dtype=np.float64)[:, None]
         flat_cdf = (np.concatenate([tb.cdf for tb in tabs]) + offs).ravel()  # rows u*S + s, globally sorted
         tokens = np.full((B, max_tokens), -1, dtype=np.int16)
         length = np.full(B, max_tokens, dtype=np.int64)
         ended = np.zeros(B, dtype=bool)
-        total = np.zeros(B, dtype=np.float64)
+        record_logprobs = record_logprobs and with_logprob
+        total = np.zeros(B, dtype=np.float64) if with_logprob else None
         tlp = np.full((B, max_tokens + 1), np.nan) if record_logprobs else None
         act = np.arange(B)
         u_rows = rows.astype(np.int64)
-        state = np.full(B, START, dtype=np.int64)
+        r_act = u_rows * S + START      # row u * S + s of every active draw
+        keys_act = keys
         for t in range(max_tokens):
             if act.size == 0:
                 break
-            ua = u_rows[act]
-            sa = state[act]
-            u = step_uniforms(keys[act], t)
-            lp_e = lpe[ua, sa, t]
+            u = step_uniforms(keys_act, t)
+            lp_e = lpe[r_act * Tm + t]
             p_e = np.exp(lp_e)
             stop = u < p_e
             if stop.any():
                 a_s = act[stop]
-                total[a_s] += lp_e[stop]
+                if total is not None:
+                    total[a_s] += lp_e[stop]
                 if tlp is not None:
                     tlp[a_s, t] = lp_e[stop]
                 length[a_s] = t
                 ended[a_s] = True
-            go = ~stop
-            act = act[go]
-            if act.size == 0:
-                break
-            ua, sa, u, p_e = ua[go], sa[go], u[go], p_e[go]
+                go = ~stop
+                act, r_act, keys_act, u, p_e = act[go], r_act[go], keys_act[go], u[go], p_e[go]
+                if act.size == 0:
+                    break
             u2 = np.minimum((u - p_e) / (1.0 - p_e), 1.0 - 2.0 ** -53)
-            r = ua * S + sa
-            idx = np.searchsorted(flat_cdf, r + u2, side="right") - r * V
+            idx = np.searchsorted(flat_cdf, r_act + u2, side="right") - r_act * V
             tok = np.clip(idx, 0, V - 1)
-            lp = zT[ua, sa, tok] - logZ[ua, sa, t]
-            total[act] += lp
-            if tlp is not None:
-                tlp[act, t] = lp
+            if total is not None:
+                lp = zT[r_act * V + tok] - logZ[r_act * Tm + t]
+                total[act] += lp
+                if tlp is not None:
+                    tlp[act, t] = lp
             tokens[act, t] = tok
-            state[act] = cls[ua, tok]
+            u_act = r_act // S
+            r_act = u_act * S + cls[u_act * V + tok]
         tm = int(length.max()) if B else 0
         tokens = tokens[:, :tm]
         return {"tokens": tokens, "length": length, "ended": ended, "logprob": total, "token_logprobs": tlp}
