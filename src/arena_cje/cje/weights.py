@@ -152,12 +152,17 @@ class JudgeOrder:
         """
         x = self.x_sorted if train_sorted is None else self.x_sorted[train_sorted]
         y = y_sorted if train_sorted is None else y_sorted[train_sorted]
-        if not self.has_ties:
+        g = None if not self.has_ties else (self.group_sorted if train_sorted is None else self.group_sorted[train_sorted])
+        return self._fit_rows(x, y, g, increasing)
+
+    @staticmethod
+    def _fit_rows(x: np.ndarray, y: np.ndarray, g: np.ndarray | None, increasing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``fit`` on already selected rows (``g``: their tie groups, None without ties)."""
+        if g is None:
             res = isotonic_regression(y, increasing=increasing)
             fit = np.maximum(res.x, 0.0)
             knots, values = _block_knots(x, fit, res.blocks)
             return knots, values, fit
-        g = self.group_sorted if train_sorted is None else self.group_sorted[train_sorted]
         first = np.ones(g.size, dtype=bool)
         np.not_equal(g[1:], g[:-1], out=first[1:])
         local = np.cumsum(first) - 1  # tie group among the training rows
@@ -172,10 +177,16 @@ class JudgeOrder:
         """In-sample isotonic fit on all rows, in sorted order."""
         return self.fit(y_sorted, None, increasing)[2]
 
-    def monotone_out_of_fold(self, y_sorted: np.ndarray, test_sorted: np.ndarray, increasing: bool) -> np.ndarray:
-        """Predictions at the ``test_sorted`` rows of the fit on the other rows (sorted order)."""
-        knots, fit, _ = self.fit(y_sorted, ~test_sorted, increasing)
-        return np.interp(self.x_sorted[test_sorted], knots, fit)
+    def monotone_out_of_fold(self, y_sorted: np.ndarray, test_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Increasing and decreasing fits on the rows outside ``test_sorted``, predicted at its rows.
+
+        Both directions share one selection of the training rows (sorted order in and out).
+        """
+        train = ~test_sorted
+        x, y = self.x_sorted[train], y_sorted[train]
+        g = self.group_sorted[train] if self.has_ties else None
+        x_test = self.x_sorted[test_sorted]
+        return tuple(np.interp(x_test, *self._fit_rows(x, y, g, inc)[:2]) for inc in (True, False))  # type: ignore[return-value]
 
 
 @dataclass
@@ -221,8 +232,7 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
             oof[1][te] = full[1][te]
             oof[2][te] = full[2][te]
             continue
-        oof[1][te] = order.monotone_out_of_fold(ws, te, True)
-        oof[2][te] = order.monotone_out_of_fold(ws, te, False)
+        oof[1][te], oof[2][te] = order.monotone_out_of_fold(ws, te)
     phis = []
     for c in oof:
         c = _mean_one(c)
