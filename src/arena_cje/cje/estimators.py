@@ -299,7 +299,9 @@ def direct(ctx: EstimationContext, policy: str) -> EstimatorOutput:
         return v
 
     psi = _prompt_mean(f["pid"], contrib(f["pred"]))
-    reps = np.array([_prompt_mean(f["pid"], contrib(pk)).mean() for pk in f["pred_k"]]) if ctx.use_oua else None
+    # replicates: the same prompt means from the context's factorized prompt codes
+    reps = (np.array([np.mean(np.bincount(f["codes"], weights=contrib(pk), minlength=len(f["uniq"])) / f["counts"])
+                      for pk in f["pred_k"]]) if ctx.use_oua else None)
     out = EstimatorOutput(policy, "direct", float(psi.mean()), psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled)
     out.extras["residual_correction"] = n_lab >= 2
     return out
@@ -341,7 +343,8 @@ def _simcal_jackknife(ctx: EstimationContext, pw: PolicyWeights, r: np.ndarray) 
         if keep.sum() < 2 or keep.all():
             continue
         wk = pw.raw[keep] / pw.raw[keep].mean()
-        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap, order=order.subset(keep)).weights
+        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap, order=order.subset(keep),
+                            keep_projections=False).weights
         thetas.append(float(np.sum(wj * r[keep]) / np.sum(wj)))
     t = np.asarray(thetas)
     if t.size < 2:
@@ -549,7 +552,7 @@ def stacked_dr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
     idx = comps[0].psi.index
     for c in comps[1:]:
         idx = idx.intersection(c.psi.index)
-    mat = np.vstack([c.psi.reindex(idx).to_numpy() for c in comps])
+    mat = np.vstack([c.psi.to_numpy() if c.psi.index.equals(idx) else c.psi.reindex(idx).to_numpy() for c in comps])
     cov = np.atleast_2d(np.cov(mat)) if len(comps) > 1 else np.ones((1, 1))
     beta = _simplex_min_variance(cov) if len(comps) > 1 else np.ones(1)
     psi = pd.Series(beta @ mat, index=idx)

@@ -206,7 +206,7 @@ def _mean_one(c: np.ndarray) -> np.ndarray:
 
 
 def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None,
-                   order: JudgeOrder | None = None) -> SimcalResult:
+                   order: JudgeOrder | None = None, keep_projections: bool = True) -> SimcalResult:
     """SIMCal-W stabilised weights (module docstring).
 
     Args:
@@ -216,6 +216,7 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
         folds: Prompt folds of the rows (out-of-fold projections).
         var_cap: rho, or None for no blend.
         order: ``JudgeOrder(judge)`` when the caller already has it (refits on subsets reuse one sort).
+        keep_projections: False when only the weights are needed (the jackknife's refits).
     """
     n = w.size
     names = ["raw", "increasing", "decreasing"]
@@ -226,7 +227,7 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
     full = [ws, order.monotone(ws, True), order.monotone(ws, False)]
     full = [_mean_one(c) for c in full]
     oof = [ws, np.empty(n), np.empty(n)]
-    for k in np.unique(fs):
+    for k in np.flatnonzero(np.bincount(fs)):  # the folds present (bincount: no sort)
         te = fs == k
         if n - te.sum() < 2:
             oof[1][te] = full[1][te]
@@ -249,8 +250,9 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
     back = np.empty(n, dtype=np.int64)
     back[order.order] = np.arange(n)
     out = (1.0 + gamma * (stacked - 1.0))[back]
+    projections = {"increasing": full[1][back], "decreasing": full[2][back]} if keep_projections else {}
     return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma,
-                        var_before_blend=v, projections={"increasing": full[1][back], "decreasing": full[2][back]})
+                        var_before_blend=v, projections=projections)
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
