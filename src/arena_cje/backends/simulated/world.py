@@ -296,12 +296,13 @@ class WorldModel:
         """
         Tm = tokens.shape[1]
         acc = np.full(tokens.shape[0], np.uint64(self.seed) ^ np.uint64(0x41DD3), dtype=np.uint64)
+        rows = np.arange(tokens.shape[0])
         for j in range(Tm):
-            inside = j < length
-            if not inside.any():
+            rows = rows[length[rows] > j]  # only the rows still inside their text
+            if not rows.size:
                 break
-            mixed = _mix64(acc ^ to_uint64(np.where(tokens[:, j] >= 0, tokens[:, j], OOV_ID)))
-            acc = np.where(inside, mixed, acc)
+            col = tokens[rows, j]
+            acc[rows] = _mix64(acc[rows] ^ to_uint64(np.where(col >= 0, col, OOV_ID)))
         u = ((acc >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
         return ndtri(u)
 
