@@ -10,7 +10,8 @@ with ``B`` base class logits, ``A`` class transitions, ``w`` the world's word lo
 weights minus ``log |class|``, so a class's total mass does not grow with its size) and ``e_prompt``
 a per-prompt perturbation ~ N(0, prompt_noise_sd^2), four times wider on error words (a prompt's
 likely hallucinations stay likely at low temperature).  ``shift_prompt``: errors ``+1.2 d - 0.4``,
-reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts.  The end-of-turn (EOT) logit depends on the position ``t`` (number
+reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts
+(these and the quality/judge coefficients: :class:`WorldParameters`).  The end-of-turn (EOT) logit depends on the position ``t`` (number
 of words already produced):
 
     z_eot[s, t] = logsumexp_v z[s, v] + A_eot[s] + eot_slope * log((t + 1) / L),
