@@ -2,16 +2,22 @@
 
 1. All estimators (+ OUA, diagnostics, transport audit, differences) on ../shared/data/arena_sample
    (skipped when absent); target < 5 s wall on 2 cores.
-2. 100,000 logged rows x 4 target policies (synthetic, one fresh draw per prompt); target < 60 s and
-   < 2 GB peak RSS.
+2. The scaling curve: N logged rows x 4 target policies (synthetic, one fresh draw per prompt), all
+   eight estimators with the auto calibrator, OUA, the calibrated-IPS jackknife, diagnostics and
+   differences; each size in its own process so its peak RSS (``resource.getrusage``) is its own.
+   Target (issue 13): 1,000,000 rows under 60 s and 4 GB on 2 cores.
 
-Run: .venv/bin/python benchmarks/estimation_speed.py [--rows 100000]
+Run: .venv/bin/python benchmarks/estimation_speed.py [--rows 10000 100000 1000000] [--no-arena]
+Prints the load average before each size: the machine is shared, so report it with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,8 +79,16 @@ def big(n: int) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=100_000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--no-arena", action="store_true", help="skip the arena-sample sweep")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size in this process
     a = ap.parse_args()
-    arena()
-    big(a.rows)
+    if a.one:
+        big(a.one)
+        raise SystemExit(0)
+    if not a.no_arena:
+        arena()
+    for n in a.rows:
+        print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores", flush=True)
+        subprocess.run([sys.executable, __file__, "--one", str(n)], check=True)

@@ -322,10 +322,14 @@ def paired_differences(ctx: EstimationContext, policies: list[str], config: Esti
             oa, ob = ctx.outputs.get((a, name)), ctx.outputs.get((b, name))
             if oa is None or ob is None or not (np.isfinite(oa.estimate) and np.isfinite(ob.estimate)):
                 continue
-            shared = oa.psi.index.intersection(ob.psi.index)
+            if oa.psi.index.equals(ob.psi.index):  # the usual case: both on the same prompts, same order
+                shared = oa.psi.index
+                d = oa.psi.to_numpy() - ob.psi.to_numpy()
+            else:
+                shared = oa.psi.index.intersection(ob.psi.index)
+                d = oa.psi.reindex(shared).to_numpy() - ob.psi.reindex(shared).to_numpy()
             if len(shared) < 2:
                 continue
-            d = oa.psi.reindex(shared).to_numpy() - ob.psi.reindex(shared).to_numpy()
             reps = None
             if oa.oua_replicates is not None and ob.oua_replicates is not None:
                 reps = oa.oua_replicates - ob.oua_replicates

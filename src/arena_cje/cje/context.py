@@ -190,7 +190,8 @@ class EstimationContext:
             judge=f["judge_score"].to_numpy(dtype=float),
             label=f["oracle_label"].to_numpy(dtype=float),
             codes=codes,
-            prompts=pd.Index(uniq, name="prompt_id"),
+            # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+            prompts=pd.Index(uniq, name="prompt_id", dtype=object),
             counts=np.bincount(codes, minlength=len(uniq)).astype(float),
             pred=pred,
             pred_k=pred_k,

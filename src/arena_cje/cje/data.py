@@ -252,6 +252,20 @@ def _to_float(v: Any) -> float:
     raise _Unusable(f"{_json_kind(v)} {_short(v)}")
 
 
+def _plain_numbers(values: Sequence[Any]) -> np.ndarray | None:
+    """``values`` as float when they are all real numbers (not booleans) or null, else None."""
+    arr = values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
+    if arr.dtype.kind == "f":
+        return arr.astype(float)
+    if pd.api.types.infer_dtype(arr, skipna=True) not in ("floating", "integer", "mixed-integer-float", "empty"):
+        return None
+    try:
+        out = pd.to_numeric(pd.Series(arr, dtype=object), errors="raise").to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out if out.shape == (len(arr),) else None
+
+
 def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np.ndarray:
     """Convert a field to float, keeping null/``NaN`` as ``NaN`` (``values`` None: an absent column).
 
@@ -260,6 +274,13 @@ def _numeric(frame: _Frame, field_name: str, values: Sequence[Any] | None) -> np
     """
     if values is None:
         return np.full(len(frame.df), np.nan)
+    out = _plain_numbers(values)
+    if out is not None:  # fast path: only numbers and nulls (checked in C); else the per-value loop
+        inf = np.flatnonzero(np.isinf(out))
+        if inf.size:
+            raise frame.error(f"infinite value {float(out[inf[0]])!r}; expected a finite number or null{frame.also(inf)}",
+                              int(inf[0]), field_name)
+        return out
     out = np.empty(len(values), dtype=float)
     bad: list[int] = []
     first_problem = ""
@@ -318,10 +339,25 @@ def prompt_ids(frame: pd.DataFrame, name: str = "frame") -> np.ndarray:
     return _prompt_ids(_Frame.of(frame, name))
 
 
+def _plain_ids(ids: np.ndarray) -> bool:
+    """All ids are non-empty strings with UTF-8 bytes (what ``_id_text`` accepts as is), checked in C."""
+    if len(ids) == 0 or pd.api.types.infer_dtype(ids, skipna=False) != "string":
+        return False
+    if (pd.Series(ids, dtype=object).str.len() == 0).any():
+        return False
+    try:
+        "".join(ids).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _prompt_ids(frame: _Frame) -> np.ndarray:
     """``prompt_id`` from the top-level field, else from ``metadata.prompt_id``."""
     n = len(frame.df)
     top = frame.values("prompt_id")
+    if top is not None and _plain_ids(top):  # fast path: every id a non-empty valid string
+        return top.copy()
     meta = frame.values("metadata")
     ids: list[str] = []
     for i in range(n):
@@ -341,6 +377,8 @@ def _prompt_ids(frame: _Frame) -> np.ndarray:
 
 def _check_unique(frame: _Frame, keys: Sequence[Any], field_name: str, what: str, why: str) -> None:
     """Raise at the first repeated key, naming both lines."""
+    if pd.Index(np.asarray(keys, dtype=object) if not isinstance(keys, list) else keys, dtype=object).is_unique:
+        return
     first: dict[Any, int] = {}
     dups: list[tuple[int, int]] = []
     for i, k in enumerate(keys):
@@ -406,10 +444,14 @@ def _response_frame(frame: _Frame, covariates: tuple[str, ...], need_label: bool
     label = _numeric(frame, "oracle_label", frame.values("oracle_label"))
     pid = _prompt_ids(frame)
     draw = _numeric(frame, "draw_idx", frame.values("draw_idx")) if "draw_idx" in frame.df.columns else np.zeros(len(frame.df))
-    _check_unique(frame, [(p, None if np.isnan(d) else float(d)) for p, d in zip(pid, draw, strict=True)],
-                  "prompt_id", "draw (prompt_id, draw_idx)",
-                  "each fresh draw of a prompt needs its own draw_idx")
-    out = pd.DataFrame({"prompt_id": pid, "draw_idx": draw, "judge_score": judge, "oracle_label": label})
+    if pd.DataFrame({"p": pid, "d": draw}).duplicated().any():  # NaN draws compare equal, as None below
+        _check_unique(frame, [(p, None if np.isnan(d) else float(d)) for p, d in zip(pid, draw, strict=True)],
+                      "prompt_id", "draw (prompt_id, draw_idx)",
+                      "each fresh draw of a prompt needs its own draw_idx")
+    # prompt_id as object: pandas' default Arrow strings would convert every id back to a Python
+    # string at each of the estimators' many to_numpy(dtype=object) calls
+    out = pd.DataFrame({"prompt_id": pd.Series(pid, dtype=object), "draw_idx": draw, "judge_score": judge,
+                        "oracle_label": label})
     for c, v in _covariates(frame, covariates, strict=False).items():
         out[c] = v
     # Optional: the policy's own generation log-prob and token count (target-typicality coverage).
@@ -423,7 +465,7 @@ def _response_frame(frame: _Frame, covariates: tuple[str, ...], need_label: bool
 
 def _check_known_prompts(frame: _Frame, prompt_ids: np.ndarray, logged_ids: set[str], what: str) -> None:
     """Fresh draws and probes must answer prompts of the logged data (the estimators join on prompt_id)."""
-    unknown = np.flatnonzero([p not in logged_ids for p in prompt_ids])
+    unknown = np.flatnonzero(~pd.Series(prompt_ids, dtype=object).isin(np.array(list(logged_ids), dtype=object)).to_numpy())
     if unknown.size:
         first = list(dict.fromkeys(prompt_ids[unknown]))[:_MAX_LISTED]
         raise frame.error(
@@ -605,7 +647,8 @@ class CJEDataset:
         _check_range(lf, "base_policy_logprob", base, -np.inf, 0.0)
         lps = _target_logprobs(lf)
 
-        frame = pd.DataFrame({"prompt_id": pid, "judge_score": judge, "oracle_label": label, "base_logprob": base})
+        frame = pd.DataFrame({"prompt_id": pd.Series(pid, dtype=object), "judge_score": judge, "oracle_label": label,
+                              "base_logprob": base})  # object ids: see _response_frame
         for c, v in _covariates(lf, covariates).items():
             frame[c] = v
         if "n_tokens" in lf.df.columns:  # optional: tokens of the logged response (target typicality)
@@ -647,17 +690,25 @@ def _target_logprobs(frame: _Frame) -> pd.DataFrame:
     tpl = frame.values("target_policy_logprobs")
     if tpl is None:
         tpl = np.array([None] * n, dtype=object)
-    names: dict[str, None] = {}
+    keys: dict[Any, None] = {}
     for i, d in enumerate(tpl):
+        if d.__class__ is dict:  # the common case, without the ABC checks below
+            keys.update(d)
+            continue
         if _is_missing(d):
             continue
         if not isinstance(d, Mapping):
             raise frame.error(f"expected an object {{policy: log-prob}}, got {_json_kind(d)} {_short(d)}", i,
                               "target_policy_logprobs")
-        names.update(dict.fromkeys(str(k) for k in d))
+        keys.update(d)
+    names = dict.fromkeys(str(k) for k in keys)
+    string_keys = all(isinstance(k, str) for k in keys)
     cols: dict[str, np.ndarray] = {}
     for p in sorted(names):
-        raw = [{str(k): v for k, v in d.items()}.get(p) if isinstance(d, Mapping) else None for d in tpl]
+        if string_keys:  # (the class test first: isinstance on an ABC costs ~10x more per row)
+            raw = [d.get(p) if d.__class__ is dict or isinstance(d, Mapping) else None for d in tpl]
+        else:
+            raw = [{str(k): v for k, v in d.items()}.get(p) if isinstance(d, Mapping) else None for d in tpl]
         lp = _numeric(frame, f"target_policy_logprobs.{p}", raw)
         _check_range(frame, f"target_policy_logprobs.{p}", lp, -np.inf, 0.0)
         cols[p] = lp

@@ -32,8 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.isotonic import IsotonicRegression
+from scipy.optimize import isotonic_regression, minimize
 
 
 def hajek_weights(logprob_target: np.ndarray, logprob_base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,9 +93,105 @@ def simplex_min_variance(cov: np.ndarray) -> np.ndarray:
     return b / b.sum()
 
 
-def _monotone(judge: np.ndarray, w: np.ndarray, increasing: bool, judge_new: np.ndarray) -> np.ndarray:
-    iso = IsotonicRegression(increasing=increasing, out_of_bounds="clip", y_min=0.0).fit(judge, w)
-    return np.clip(iso.predict(judge_new), 0.0, None)
+#: Judge scores closer than this are one tie group (sklearn ``IsotonicRegression``'s rule).
+_TIE_EPS = float(np.finfo(np.float64).resolution)
+
+
+def _block_knots(x: np.ndarray, fit: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last point of each PAV block: the knots that define the piecewise-linear predictor.
+
+    Interpolating on them equals interpolating on every point (the fit is constant inside a
+    block), as sklearn's ``trim_duplicates`` does, and makes out-of-fold prediction cheap.
+    """
+    ends = np.stack([blocks[:-1], blocks[1:] - 1], axis=1).ravel()
+    keep = np.ones(ends.size, dtype=bool)
+    np.not_equal(ends[1:], ends[:-1], out=keep[1:])  # a one-point block is one knot
+    ends = ends[keep]
+    return x[ends], fit[ends]
+
+
+class JudgeOrder:
+    """Rows sorted once by judge score, with the tie groups sklearn's ``IsotonicRegression`` forms.
+
+    Every SIMCal projection (full data, out of fold, and the calibrated-IPS jackknife's refits) is
+    an isotonic regression on the same ordering index. Sorting once and fitting any subset by
+    masking the sorted rows gives ``IsotonicRegression(out_of_bounds="clip", y_min=0)``'s fit and
+    predictions (tied judge scores pooled into their mean, PAV, linear interpolation between
+    knots, constant beyond them) without re-sorting or re-validating for each of the hundreds of
+    fits a large run needs.
+
+    Args:
+        judge: Judge scores of the rows (the ordering index).
+    """
+
+    def __init__(self, judge: np.ndarray) -> None:
+        judge = np.asarray(judge, dtype=float)
+        self._set(judge, np.argsort(judge, kind="stable"))
+
+    def _set(self, judge: np.ndarray, order: np.ndarray) -> None:
+        self.judge = judge
+        self.order = order
+        self.x_sorted = judge[order]
+        new = np.ones(judge.size, dtype=bool)
+        np.greater_equal(np.diff(self.x_sorted), _TIE_EPS, out=new[1:])
+        self.has_ties = not bool(new.all())
+        self.group_sorted = np.cumsum(new) - 1 if self.has_ties else None  # tie group of each sorted row
+
+    def subset(self, keep: np.ndarray) -> "JudgeOrder":
+        """The order of the rows ``keep`` (a boolean mask), without sorting again."""
+        position = np.cumsum(keep) - 1
+        sub = object.__new__(JudgeOrder)
+        sub._set(self.judge[keep], position[self.order[keep[self.order]]])
+        return sub
+
+    def fit(self, y_sorted: np.ndarray, train_sorted: np.ndarray | None, increasing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Isotonic fit of y on the judge score over the training rows, clipped at 0.
+
+        Args:
+            y_sorted: Targets in sorted order (``y[self.order]``).
+            train_sorted: Boolean mask of training rows in sorted order (None: all rows).
+            increasing: Direction of the fit.
+
+        Returns:
+            (knots x, fitted values at the knots, fitted value of every training row in sorted order).
+        """
+        x = self.x_sorted if train_sorted is None else self.x_sorted[train_sorted]
+        y = y_sorted if train_sorted is None else y_sorted[train_sorted]
+        g = None if not self.has_ties else (self.group_sorted if train_sorted is None else self.group_sorted[train_sorted])
+        return self._fit_rows(x, y, g, increasing)
+
+    @staticmethod
+    def _fit_rows(x: np.ndarray, y: np.ndarray, g: np.ndarray | None, increasing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``fit`` on already selected rows (``g``: their tie groups, None without ties)."""
+        if g is None:
+            res = isotonic_regression(y, increasing=increasing)
+            fit = np.maximum(res.x, 0.0)
+            knots, values = _block_knots(x, fit, res.blocks)
+            return knots, values, fit
+        first = np.ones(g.size, dtype=bool)
+        np.not_equal(g[1:], g[:-1], out=first[1:])
+        local = np.cumsum(first) - 1  # tie group among the training rows
+        counts = np.bincount(local).astype(float)
+        means = np.bincount(local, weights=y) / counts
+        res = isotonic_regression(means, weights=counts, increasing=increasing)
+        fit = np.maximum(res.x, 0.0)
+        knots, values = _block_knots(x[first], fit, res.blocks)
+        return knots, values, fit[local]
+
+    def monotone(self, y_sorted: np.ndarray, increasing: bool) -> np.ndarray:
+        """In-sample isotonic fit on all rows, in sorted order."""
+        return self.fit(y_sorted, None, increasing)[2]
+
+    def monotone_out_of_fold(self, y_sorted: np.ndarray, test_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Increasing and decreasing fits on the rows outside ``test_sorted``, predicted at its rows.
+
+        Both directions share one selection of the training rows (sorted order in and out).
+        """
+        train = ~test_sorted
+        x, y = self.x_sorted[train], y_sorted[train]
+        g = self.group_sorted[train] if self.has_ties else None
+        x_test = self.x_sorted[test_sorted]
+        return tuple(np.interp(x_test, *self._fit_rows(x, y, g, inc)[:2]) for inc in (True, False))  # type: ignore[return-value]
 
 
 #: SIMCal's stacking weights (raw, increasing, decreasing) when the candidates' covariance is not finite.
@@ -125,7 +220,13 @@ class SimcalResult:
     fallback: str = ""
 
 
-def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None) -> SimcalResult:
+def _mean_one(c: np.ndarray) -> np.ndarray:
+    m = c.mean()
+    return c / m if m > 0 else np.ones(c.size)
+
+
+def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: np.ndarray, var_cap: float | None,
+                   order: JudgeOrder | None = None, keep_projections: bool = True) -> SimcalResult:
     """SIMCal-W stabilised weights (module docstring).
 
     Args:
@@ -134,26 +235,30 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
         reward: Calibrated rewards (for the influence values used to stack).
         folds: Prompt folds of the rows (out-of-fold projections).
         var_cap: rho, or None for no blend.
+        order: ``JudgeOrder(judge)`` when the caller already has it (refits on subsets reuse one sort).
+        keep_projections: False when only the weights are needed (the jackknife's refits).
     """
     n = w.size
     names = ["raw", "increasing", "decreasing"]
-    full = [w, _monotone(judge, w, True, judge), _monotone(judge, w, False, judge)]
-    full = [c / c.mean() if c.mean() > 0 else np.ones(n) for c in full]
-    oof = [w.copy(), np.empty(n), np.empty(n)]
-    for k in np.unique(folds):
-        te = folds == k
-        tr = ~te
-        if tr.sum() < 2:
+    order = JudgeOrder(judge) if order is None else order
+    # Work in judge order (means, covariances and stacking do not depend on the row order); the
+    # result is put back in the caller's order at the end.
+    ws, rs, fs = w[order.order], reward[order.order], folds[order.order]
+    full = [ws, order.monotone(ws, True), order.monotone(ws, False)]
+    full = [_mean_one(c) for c in full]
+    oof = [ws, np.empty(n), np.empty(n)]
+    for k in np.flatnonzero(np.bincount(fs)):  # the folds present (bincount: no sort)
+        te = fs == k
+        if n - te.sum() < 2:
             oof[1][te] = full[1][te]
             oof[2][te] = full[2][te]
             continue
-        oof[1][te] = _monotone(judge[tr], w[tr], True, judge[te])
-        oof[2][te] = _monotone(judge[tr], w[tr], False, judge[te])
+        oof[1][te], oof[2][te] = order.monotone_out_of_fold(ws, te)
     phis = []
     for c in oof:
-        c = c / c.mean() if c.mean() > 0 else np.ones(n)
-        theta = np.mean(c * reward)
-        phis.append(c * reward - theta * c)
+        c = _mean_one(c)
+        theta = np.mean(c * rs)
+        phis.append(c * rs - theta * c)
     cov = np.cov(np.vstack(phis))
     fallback = ""
     if np.all(np.isfinite(cov)):
@@ -169,9 +274,12 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
     gamma = 1.0
     if var_cap is not None and v > var_cap:
         gamma = float(np.sqrt(var_cap / v))
-    out = 1.0 + gamma * (stacked - 1.0)
+    back = np.empty(n, dtype=np.int64)
+    back[order.order] = np.arange(n)
+    out = (1.0 + gamma * (stacked - 1.0))[back]
+    projections = {"increasing": full[1][back], "decreasing": full[2][back]} if keep_projections else {}
     return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma,
-                        var_before_blend=v, projections={"increasing": full[1], "decreasing": full[2]}, fallback=fallback)
+                        var_before_blend=v, projections=projections, fallback=fallback)
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:

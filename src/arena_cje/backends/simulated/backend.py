@@ -40,9 +40,11 @@ from arena_cje.backends.simulated.features import (
 )
 from arena_cje.backends.simulated.vocab import WORD_INDEX, WORDS
 from arena_cje.backends.simulated.world import (
+    DEFAULT_WORLD,
     OOV_ID,
     Tables,
     WorldModel,
+    WorldParameters,
     judge_latent_from_stats,
     judge_score_from_latent,
     sequence_keys,
@@ -55,6 +57,7 @@ from arena_cje.backends.simulated.world import (
 WORLD_VERSION = "sim-world-4"
 _DOMAIN_GENERATE = 0x47454E
 _DOMAIN_TRUTH = 0x545255
+_TF_CHUNK = 1024  # teacher-forcing rows whose tables are built together
 
 
 class SimulatedBackend:
@@ -74,13 +77,17 @@ class SimulatedBackend:
             in the true quality's logit: the main source of judge-vs-truth disagreement.
         rater_concentration: kappa of the raters' beta-binomial votes (smaller = more disagreement).
         table_cache_size: Number of (prompt, policy) logit tables kept in memory.
-        truth_chunk: Sequences generated per vectorised chunk in ``true_value``.
+        truth_chunk: Sequences generated per vectorised chunk in ``true_value`` (results do not
+            depend on it; larger chunks are faster and use more memory).
+        world_parameters: Coefficients of the quality, judge and class-shift formulas
+            (:class:`~arena_cje.backends.simulated.world.WorldParameters`, or a mapping of some of
+            its fields to override); the default is the documented world.
     """
 
     def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
                  judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_concentration: float = 20.0, table_cache_size: int = 6000,
-                 truth_chunk: int = 4096) -> None:
+                 truth_chunk: int = 4096, world_parameters: WorldParameters | dict | None = None) -> None:
         self.seed = int(seed)
         self.adversarial_keyword = str(adversarial_keyword)
         self.truth_draws_per_prompt = int(truth_draws_per_prompt)
@@ -91,7 +98,17 @@ class SimulatedBackend:
         self.hidden_quality_sd = float(hidden_quality_sd)
         self.rater_concentration = float(rater_concentration)
         self.truth_chunk = int(truth_chunk)
-        self.world = WorldModel(seed=self.seed, logit_scale=self.logit_scale, cache_size=table_cache_size)
+        if world_parameters is None:
+            world_parameters = DEFAULT_WORLD
+        elif not isinstance(world_parameters, WorldParameters):
+            unknown = set(world_parameters) - set(asdict(DEFAULT_WORLD))
+            if unknown:
+                raise ValueError(f"simulated backend: unknown world_parameters {sorted(unknown)}; "
+                                 f"known: {sorted(asdict(DEFAULT_WORLD))}")
+            world_parameters = WorldParameters(**{**asdict(DEFAULT_WORLD), **dict(world_parameters)})
+        self.world_parameters = world_parameters
+        self.world = WorldModel(seed=self.seed, logit_scale=self.logit_scale, cache_size=table_cache_size,
+                                params=world_parameters)
         self._truth_cache: dict[str, tuple[float, float]] = {}
         self._pf_cache: dict[str, PromptFeatures] = {}
 
@@ -101,7 +118,8 @@ class SimulatedBackend:
         return {"version": WORLD_VERSION, "seed": self.seed, "adversarial_keyword": self.adversarial_keyword,
                 "logit_scale": self.logit_scale, "judge_noise_sd": self.judge_noise_sd,
                 "hidden_quality_sd": self.hidden_quality_sd,
-                "rater_concentration": self.rater_concentration}
+                "rater_concentration": self.rater_concentration,
+                "parameters": asdict(self.world_parameters)}
 
     def features(self, prompt: str) -> PromptFeatures:
         """Prompt features (memoised)."""
@@ -117,16 +135,13 @@ class SimulatedBackend:
             raise ValueError(f"policy {policy.name}: top_p must be 1.0 for exact log-probs, got {policy.top_p}")
         return policy_features(policy.system_prompt, self.adversarial_keyword)
 
-    def _tables(self, prompt: str, policy: PolicySpec, pol: PolicyFeatures) -> Tables:
-        return self.world.tables(self.features(prompt), pol, policy.temperature, policy.max_tokens)
-
     def _group(self, prompts: list[str], policy: PolicySpec) -> tuple[list[Tables], np.ndarray]:
         pol = self._policy(policy)
         index: dict[str, int] = {}
         rows = np.empty(len(prompts), dtype=np.int64)
         for i, p in enumerate(prompts):
             rows[i] = index.setdefault(p, len(index))
-        tabs = [self._tables(p, policy, pol) for p in index]
+        tabs = self.world.tables_many([self.features(p) for p in index], pol, policy.temperature, policy.max_tokens)
         return tabs, rows
 
     # ------------------------------------------------------------------ generation
@@ -185,7 +200,11 @@ class SimulatedBackend:
             raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
         pol = self._policy(policy)
         out = []
+        tabs: list[Tables] = []
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            if i % _TF_CHUNK == 0:  # the next chunk's tables, built in one batch
+                chunk = [self.features(p) for p in prompts[i:i + _TF_CHUNK]]
+                tabs = self.world.tables_many(chunk, pol, policy.temperature, policy.max_tokens)
             words = response.split()
             unknown = [w for w in words if w not in WORD_INDEX]
             if unknown:
@@ -208,7 +227,7 @@ class SimulatedBackend:
                     continue
                 include_eot = bool(ended[i])
             ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
-            total, _ = WorldModel.score(self._tables(prompt, policy, pol), ids, include_eot)
+            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], ids, include_eot)
             out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
                                      tail_mass_bound=0.0))
         return out
@@ -232,7 +251,7 @@ class SimulatedBackend:
         if not prompts:
             return np.zeros(0)
         st, diff, hidden = self._stats(prompts, responses)
-        return true_quality_from_stats(st, diff, hidden)
+        return true_quality_from_stats(st, diff, hidden, self.world_parameters)
 
     def true_quality(self, prompt: str, response: str) -> float:
         """The true quality Y(prompt, response) in [0, 1]; out-of-vocabulary words count as neutral words."""
@@ -258,7 +277,8 @@ class SimulatedBackend:
         noise = self.judge_noise_sd * norm.ppf(u)
         lo, hi = judge.scale
         # The same judgement on the judge's own scale (0-10, 1-5, ...): an affine map of the unit score.
-        scores = lo + (hi - lo) * judge_score_from_latent(judge_latent_from_stats(st, difficulty), noise)
+        scores = lo + (hi - lo) * judge_score_from_latent(judge_latent_from_stats(st, difficulty, self.world_parameters), noise,
+                                                         self.world_parameters)
         return [Judgement(score=float(s), raw=json.dumps({"score": round(float(s), 4), "reason": "simulated judge"}),
                           error=None, usage={"prompt_tokens": 0.0})
                 for s in scores]
@@ -332,15 +352,16 @@ class SimulatedBackend:
         for start in range(0, P, per_chunk):
             chunk = prompts[start:start + per_chunk]
             pfs = [self.features(p) for p in chunk]
-            tabs = [self.world.tables(pf, pol, policy.temperature, policy.max_tokens) for pf in pfs]
+            tabs = self.world.tables_many(pfs, pol, policy.temperature, policy.max_tokens)
             rows = np.repeat(np.arange(len(chunk)), m)
             draw = np.tile(np.arange(m), len(chunk))
             keys = sequence_keys(self.seed, _DOMAIN_TRUTH, to_uint64([pf.key for pf in pfs])[rows], draw)
-            out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False)
+            out = self.world.sample(tabs, rows, keys, policy.max_tokens, record_logprobs=False, with_logprob=False)
             topics = np.array([pf.topic for pf in pfs])[rows]
             diff = np.array([pf.difficulty for pf in pfs])[rows]
             hidden = self.hidden_quality_sd * self.world.hidden_quality(out["tokens"], out["length"])
-            y = true_quality_from_stats(text_stats(out["tokens"], out["length"], topics), diff, hidden)
+            y = true_quality_from_stats(text_stats(out["tokens"], out["length"], topics), diff, hidden,
+                                        self.world_parameters)
             y = y.reshape(len(chunk), m)
             sums[start:start + len(chunk)] = y.mean(axis=1)
             sq[start:start + len(chunk)] = y.var(axis=1, ddof=1)

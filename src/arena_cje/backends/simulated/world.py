@@ -10,7 +10,8 @@ with ``B`` base class logits, ``A`` class transitions, ``w`` the world's word lo
 weights minus ``log |class|``, so a class's total mass does not grow with its size) and ``e_prompt``
 a per-prompt perturbation ~ N(0, prompt_noise_sd^2), four times wider on error words (a prompt's
 likely hallucinations stay likely at low temperature).  ``shift_prompt``: errors ``+1.2 d - 0.4``,
-reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts.  The end-of-turn (EOT) logit depends on the position ``t`` (number
+reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts
+(these and the quality/judge coefficients: :class:`WorldParameters`).  The end-of-turn (EOT) logit depends on the position ``t`` (number
 of words already produced):
 
     z_eot[s, t] = logsumexp_v z[s, v] + A_eot[s] + eot_slope * log((t + 1) / L),
@@ -78,10 +79,110 @@ TRANSITION = np.array([
 #: EOT offset per previous state: hard to stop after a function word, impossible-ish at START.
 EOT_OFFSET = np.array([-4.0, -1.0, -1.5, -1.5, -2.0, -2.0, -1.5, -1.0, -7.0])
 
+
+@dataclass(frozen=True)
+class WorldParameters:
+    """Every coefficient of the world's quality, judge and prompt-shift formulas, in one place.
+
+    The defaults are the world the tests, docs and cached true values describe (``WORLD_VERSION``
+    in ``backend.py``); pass another instance to ``SimulatedBackend(world_parameters=...)`` to
+    explore a different world (it is part of the true-value cache key). Formulas, with ``d`` the
+    prompt difficulty, ``n`` the number of words, ``n_x`` the count of words of class ``x`` and
+    ``sat(x, c) = 1 - exp(-x / c)`` (content saturates while errors accumulate):
+
+    * true-quality logit ``s = quality_intercept + coverage_weight sat(distinct_on, coverage_scale)
+      + (reasoning_weight + reasoning_difficulty_weight d) sat(n_rea, reasoning_scale)
+      + generic_weight sat(n_gen, generic_scale) - error_penalty n_err - misleading_penalty n_mis
+      - filler_penalty n_fil / max(n, 1) - off_topic_penalty n_off / max(n, 1)``;
+      ``Y = sigmoid(s + hidden)`` (``hidden`` scaled by the backend's ``hidden_quality_sd``);
+    * judge latent ``s_J = judge_compression (s + judge_misleading_blindness n_mis)
+      + judge_misleading_bonus sat(n_mis, judge_misleading_scale)
+      + judge_length_bonus log((n + 1) / judge_length_reference)``;
+    * judge score ``round(judge_grid_steps sigmoid(s_J + noise) ** judge_exponent) / judge_grid_steps``;
+    * per-prompt class shifts of the language model: errors ``+ error_difficulty_shift d +
+      error_shift_offset`` (and ``+ cot_error_difficulty_shift d`` under step-by-step prompts),
+      reasoning ``+ reasoning_difficulty_shift d``; error words' per-prompt logit noise is
+      ``error_noise_multiplier`` times wider; word weights within a class are Zipf-like,
+      ``-zipf_exponent log(rank)``.
+
+    Attributes:
+        quality_intercept: Logit of a response with no content at all (-1.6: quality ~0.17).
+        coverage_weight: Value of covering the topic (distinct on-topic words), saturating.
+        coverage_scale: Distinct on-topic words at which coverage reaches 63% of its value.
+        reasoning_weight: Value of reasoning words on an easy prompt (d = 0).
+        reasoning_difficulty_weight: Extra value of reasoning per unit difficulty.
+        reasoning_scale: Reasoning words at which their value reaches 63%.
+        generic_weight: Value of generic (on-subject but unspecific) words.
+        generic_scale: Generic words at which their value reaches 63%.
+        error_penalty: Logit cost of each error word (errors accumulate, never saturate).
+        misleading_penalty: Logit cost of each misleading (confident-but-wrong) word.
+        filler_penalty: Logit cost of the filler-word share of the response.
+        off_topic_penalty: Logit cost of the off-topic-word share of the response.
+        judge_compression: Slope of the judge's latent in the true logit (< 1: a compressed judge).
+        judge_misleading_blindness: Misleading penalty the judge adds back to the true logit
+            (equal to ``misleading_penalty``: the judge does not see the harm of misleading words).
+        judge_misleading_bonus: Reward the judge gives confident misleading words (saturating).
+        judge_misleading_scale: Misleading words at which that reward reaches 63%.
+        judge_length_bonus: Judge's preference for long answers (per unit of log length).
+        judge_length_reference: Length (words + 1) at which the length bonus is zero.
+        judge_exponent: Exponent on the judge's probability (< 1: a generous judge).
+        judge_grid_steps: Steps of the reported judge score on [0, 1] (20: a 0.05 grid).
+        error_difficulty_shift: Error-class logit shift per unit difficulty (hard prompts, more errors).
+        error_shift_offset: Error-class logit shift at difficulty 0.
+        reasoning_difficulty_shift: Reasoning-class logit shift per unit difficulty.
+        cot_error_difficulty_shift: Error-class shift per unit difficulty under step-by-step
+            prompts (negative: reasoning helps most where the prompt is hard).
+        error_noise_multiplier: Width of error words' per-prompt logit noise relative to other
+            words (prompt-specific hallucinations stay likely at low temperature).
+        zipf_exponent: Slope of the word weights in the log of their (seeded) rank within a class.
+    """
+
+    quality_intercept: float = -1.6
+    coverage_weight: float = 2.4
+    coverage_scale: float = 2.5
+    reasoning_weight: float = 0.1
+    reasoning_difficulty_weight: float = 1.6
+    reasoning_scale: float = 2.0
+    generic_weight: float = 0.5
+    generic_scale: float = 5.0
+    error_penalty: float = 0.55
+    misleading_penalty: float = 0.9
+    filler_penalty: float = 2.0
+    off_topic_penalty: float = 1.5
+    judge_compression: float = 0.8
+    judge_misleading_blindness: float = 0.9
+    judge_misleading_bonus: float = 2.4
+    judge_misleading_scale: float = 3.0
+    judge_length_bonus: float = 0.9
+    judge_length_reference: float = 40.0
+    judge_exponent: float = 0.7
+    judge_grid_steps: int = 20
+    error_difficulty_shift: float = 1.2
+    error_shift_offset: float = -0.4
+    reasoning_difficulty_shift: float = 0.5
+    cot_error_difficulty_shift: float = -0.5
+    error_noise_multiplier: float = 4.0
+    zipf_exponent: float = 0.6
+
+
+#: The default world (the one every documented figure and cached true value describes).
+DEFAULT_WORLD = WorldParameters()
+
 def _lse_rows(x: np.ndarray) -> np.ndarray:
     """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
     m = x.max(axis=1)
     return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+def _lse_tables(x: np.ndarray) -> np.ndarray:
+    """``_lse_rows`` of each (S, V) table of a (U, S, V) stack.
+
+    Table by table, each in Fortran order, on purpose: numpy orders a reduction's additions by the
+    memory layout, and the tables must stay bitwise those of the original one-table builder (whose
+    ``class_logit[:, cls]`` gather made Fortran-ordered arrays), which cached true values and the
+    pinned test rely on.
+    """
+    return np.stack([_lse_rows(np.asfortranarray(x[u])) for u in range(x.shape[0])]) if x.shape[0] else np.empty(x.shape[:2])
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -156,11 +257,14 @@ class WorldModel:
         prompt_noise_sd: SD of the hashed per-(prompt, word) logit perturbation.
         eot_slope: Steepness of the end-of-turn hazard around the target length.
         cache_size: Number of (prompt, policy) tables kept in memory (LRU).
+        params: The world's formula coefficients (:class:`WorldParameters`).
     """
 
     def __init__(self, seed: int = 0, logit_scale: float = 1.0, word_noise_sd: float = 0.35,
-                 prompt_noise_sd: float = 0.25, eot_slope: float = 4.0, cache_size: int = 6000) -> None:
+                 prompt_noise_sd: float = 0.25, eot_slope: float = 4.0, cache_size: int = 6000,
+                 params: WorldParameters = DEFAULT_WORLD) -> None:
         self.seed = int(seed)
+        self.params = params
         self.logit_scale = float(logit_scale)
         self.prompt_noise_sd = float(prompt_noise_sd)
         self.eot_slope = float(eot_slope)
@@ -173,7 +277,7 @@ class WorldModel:
             if idx.size == 0:  # OFF exists only relative to a prompt's topic
                 continue
             ranks = rng.permutation(idx.size) + 1
-            wc = -0.6 * np.log(ranks) + rng.normal(0.0, word_noise_sd, idx.size)
+            wc = -params.zipf_exponent * np.log(ranks) + rng.normal(0.0, word_noise_sd, idx.size)
             w[idx] = wc - wc.mean()
         self.word_logit = w
         self._cache: OrderedDict[tuple, Tables] = OrderedDict()
@@ -193,12 +297,13 @@ class WorldModel:
         """
         Tm = tokens.shape[1]
         acc = np.full(tokens.shape[0], np.uint64(self.seed) ^ np.uint64(0x41DD3), dtype=np.uint64)
+        rows = np.arange(tokens.shape[0])
         for j in range(Tm):
-            inside = j < length
-            if not inside.any():
+            rows = rows[length[rows] > j]  # only the rows still inside their text
+            if not rows.size:
                 break
-            mixed = _mix64(acc ^ to_uint64(np.where(tokens[:, j] >= 0, tokens[:, j], OOV_ID)))
-            acc = np.where(inside, mixed, acc)
+            col = tokens[rows, j]
+            acc[rows] = _mix64(acc[rows] ^ to_uint64(np.where(col >= 0, col, OOV_ID)))
         u = ((acc >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
         return ndtri(u)
 
@@ -216,6 +321,32 @@ class WorldModel:
             self._cache.popitem(last=False)
         return tab
 
+    def tables_many(self, pfs: list[PromptFeatures], pol: PolicyFeatures, temperature: float,
+                    max_tokens: int) -> list[Tables]:
+        """``[self.tables(pf, ...) for pf in pfs]``, building the missing tables in one vectorised batch.
+
+        A batch-built table is bitwise the one ``tables`` builds alone (the same element-wise
+        operations and last-axis reductions, row by row), so results never depend on batching.
+        """
+        T, mt = float(temperature), int(max_tokens)
+        out: list[Tables | None] = []
+        missing: dict[PromptFeatures, int] = {}
+        for pf in pfs:
+            tab = self._cache.get((pf, pol, T, mt))
+            if tab is not None:
+                self._cache.move_to_end((pf, pol, T, mt))
+            elif pf not in missing:
+                missing[pf] = len(missing)
+            out.append(tab)
+        if missing:
+            built = self._build_many(list(missing), pol, T, mt)
+            for pf, tab in zip(missing, built, strict=True):
+                self._cache[(pf, pol, T, mt)] = tab
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            out = [tab if tab is not None else built[missing[pf]] for tab, pf in zip(out, pfs, strict=True)]
+        return out  # type: ignore[return-value]
+
     def _prompt_words(self, pf: PromptFeatures) -> tuple[np.ndarray, np.ndarray]:
         """(word classes, word logits ``w[v] - log |class(v)| + e_prompt[v]``) of a prompt (cached)."""
         hit = self._word_cache.get(pf.key)
@@ -227,7 +358,7 @@ class WorldModel:
         e_prompt = prng.normal(0.0, self.prompt_noise_sd, N_WORDS)
         # hallucinations are prompt-specific and can be likely: error words get a wider spread, so
         # errors do not vanish at low temperature
-        e_prompt[cls == ERR] *= 4.0
+        e_prompt[cls == ERR] *= self.params.error_noise_multiplier
         word = self.word_logit - np.log(counts[cls]) + e_prompt
         if len(self._word_cache) >= 4 * self.cache_size:
             self._word_cache.clear()
@@ -235,94 +366,109 @@ class WorldModel:
         return cls, word
 
     def _build(self, pf: PromptFeatures, pol: PolicyFeatures, T: float, max_tokens: int) -> Tables:
+        return self._build_many([pf], pol, T, max_tokens)[0]
+
+    def _build_many(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, max_tokens: int) -> list[Tables]:
+        """Tables of several prompts under one policy, arrays (U, S, V) at once (formulas: module docstring)."""
         if not T > 0:
             raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        cls, word = self._prompt_words(pf)
-        d = pf.difficulty
-        shift = np.asarray(pol.class_shift, dtype=np.float64).copy()
-        shift[ERR] += 1.2 * d - 0.4                 # harder prompts -> more errors
-        shift[REA] += 0.5 * d                       # ... and more reasoning
+        words = [self._prompt_words(pf) for pf in pfs]
+        cls = np.stack([w[0] for w in words])                                       # (U, V)
+        word = np.stack([w[1] for w in words])                                      # (U, V)
+        d = np.array([pf.difficulty for pf in pfs])
+        wp = self.params
+        shift = np.tile(np.asarray(pol.class_shift, dtype=np.float64), (len(pfs), 1))  # (U, C)
+        shift[:, ERR] += wp.error_difficulty_shift * d + wp.error_shift_offset    # harder prompts -> more errors
+        shift[:, REA] += wp.reasoning_difficulty_shift * d                        # ... and more reasoning
         if pol.cot:
-            shift[ERR] -= 0.5 * d                   # step-by-step helps most where it is hard
-        class_logit = BASE_CLASS_LOGIT[None, :] + TRANSITION + shift[None, :]       # (S, C)
-        z = self.logit_scale * (class_logit[:, cls] + word[None, :])                # (S, V)
-        lse1 = _lse_rows(z)                                                  # (S,)
-        L = max(pf.target_length * pol.length_mult, 2.0)
+            shift[:, ERR] += wp.cot_error_difficulty_shift * d    # step-by-step helps most where it is hard
+        class_logit = BASE_CLASS_LOGIT[None, None, :] + TRANSITION[None] + shift[:, None, :]   # (U, S, C)
+        per_word = np.ascontiguousarray(np.take_along_axis(
+            class_logit, np.broadcast_to(cls[:, None, :], (len(pfs), N_STATES, N_WORDS)), axis=2))
+        z = self.logit_scale * (per_word + word[:, None, :])                      # (U, S, V)
+        lse1 = _lse_tables(z)                                                     # (U, S)
+        L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
         t = np.arange(max_tokens, dtype=np.float64)
-        z_eot = lse1[:, None] + EOT_OFFSET[:, None] + self.eot_slope * np.log((t[None, :] + 1.0) / L)
+        z_eot = (lse1[:, :, None] + EOT_OFFSET[None, :, None]
+                 + self.eot_slope * np.log((t[None, None, :] + 1.0) / L[:, None, None]))
         zT = z / T
-        lseT = _lse_rows(zT)                                                 # (S,)
+        lseT = _lse_tables(zT)                                                    # (U, S)
         zeT = z_eot / T
-        logZ = np.logaddexp(lseT[:, None], zeT)
+        logZ = np.logaddexp(lseT[:, :, None], zeT)
         logp_eot = zeT - logZ
-        q = np.exp(zT - lseT[:, None])
-        cdf = np.cumsum(q, axis=1)
-        cdf /= cdf[:, -1:]
-        cdf[:, -1] = 1.0
+        q = np.exp(zT - lseT[:, :, None])
+        cdf = np.cumsum(q, axis=2)
+        cdf /= cdf[:, :, -1:]
+        cdf[:, :, -1] = 1.0
         for arr in (zT, logZ, logp_eot, cdf):
             arr.setflags(write=False)
-        return Tables(zT=zT, logZ=logZ, logp_eot=logp_eot, cdf=cdf, cls=cls.astype(np.int64))
+        cls64 = cls.astype(np.int64)
+        return [Tables(zT=zT[u], logZ=logZ[u], logp_eot=logp_eot[u], cdf=cdf[u], cls=cls64[u]) for u in range(len(pfs))]
 
     # ------------------------------------------------------------------ sampling
     def sample(self, tabs: list[Tables], rows: np.ndarray, keys: np.ndarray, max_tokens: int,
-               record_logprobs: bool = True) -> dict[str, np.ndarray]:
+               record_logprobs: bool = True, with_logprob: bool = True) -> dict[str, np.ndarray]:
         """Sample one sequence per entry of ``rows`` (index into ``tabs``), all steps vectorised.
 
         Returns a dict with ``tokens`` (B, max length) int16 (-1 padding), ``length`` (words),
-        ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT) and,
-        if requested, ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
+        ``ended`` (EOT sampled; False = cut at ``max_tokens``), ``logprob`` (sum incl. EOT; None
+        when ``with_logprob`` is False, which the true-value Monte Carlo uses) and, if requested,
+        ``token_logprobs`` (B, max_tokens + 1), NaN-padded.
         """
         B = rows.size
         U = len(tabs)
         V = N_WORDS
         S = N_STATES
-        zT = np.stack([tb.zT for tb in tabs])              # (U, S, V)
-        logZ = np.stack([tb.logZ for tb in tabs])          # (U, S, Tm)
-        lpe = np.stack([tb.logp_eot for tb in tabs])       # (U, S, Tm)
-        cls = np.stack([tb.cls for tb in tabs])            # (U, V)
+        # Flat tables, indexed by one integer per draw (row r = u * S + s): one gather per lookup.
+        zT = np.stack([tb.zT for tb in tabs]).ravel()                 # [(u S + s) V + v]
+        logZ = np.stack([tb.logZ for tb in tabs]).ravel()             # [(u S + s) Tm + t]
+        lpe = np.stack([tb.logp_eot for tb in tabs]).ravel()          # [(u S + s) Tm + t]
+        cls = np.stack([tb.cls for tb in tabs]).ravel()               # [u V + v]
+        Tm = tabs[0].logZ.shape[1] if U else max_tokens
         offs = np.arange(U * S, dtype=np.float64)[:, None]
         flat_cdf = (np.concatenate([tb.cdf for tb in tabs]) + offs).ravel()  # rows u*S + s, globally sorted
         tokens = np.full((B, max_tokens), -1, dtype=np.int16)
         length = np.full(B, max_tokens, dtype=np.int64)
         ended = np.zeros(B, dtype=bool)
-        total = np.zeros(B, dtype=np.float64)
+        record_logprobs = record_logprobs and with_logprob
+        total = np.zeros(B, dtype=np.float64) if with_logprob else None
         tlp = np.full((B, max_tokens + 1), np.nan) if record_logprobs else None
         act = np.arange(B)
         u_rows = rows.astype(np.int64)
-        state = np.full(B, START, dtype=np.int64)
+        r_act = u_rows * S + START      # row u * S + s of every active draw
+        keys_act = keys
         for t in range(max_tokens):
             if act.size == 0:
                 break
-            ua = u_rows[act]
-            sa = state[act]
-            u = step_uniforms(keys[act], t)
-            lp_e = lpe[ua, sa, t]
+            u = step_uniforms(keys_act, t)
+            lp_e = lpe[r_act * Tm + t]
             p_e = np.exp(lp_e)
             stop = u < p_e
             if stop.any():
                 a_s = act[stop]
-                total[a_s] += lp_e[stop]
+                if total is not None:
+                    total[a_s] += lp_e[stop]
                 if tlp is not None:
                     tlp[a_s, t] = lp_e[stop]
                 length[a_s] = t
                 ended[a_s] = True
-            go = ~stop
-            act = act[go]
-            if act.size == 0:
-                break
-            ua, sa, u, p_e = ua[go], sa[go], u[go], p_e[go]
+                go = ~stop
+                act, r_act, keys_act, u, p_e = act[go], r_act[go], keys_act[go], u[go], p_e[go]
+                if act.size == 0:
+                    break
             u2 = np.minimum((u - p_e) / (1.0 - p_e), 1.0 - 2.0 ** -53)
-            r = ua * S + sa
-            idx = np.searchsorted(flat_cdf, r + u2, side="right") - r * V
+            idx = np.searchsorted(flat_cdf, r_act + u2, side="right") - r_act * V
             tok = np.clip(idx, 0, V - 1)
-            lp = zT[ua, sa, tok] - logZ[ua, sa, t]
-            total[act] += lp
-            if tlp is not None:
-                tlp[act, t] = lp
+            if total is not None:
+                lp = zT[r_act * V + tok] - logZ[r_act * Tm + t]
+                total[act] += lp
+                if tlp is not None:
+                    tlp[act, t] = lp
             tokens[act, t] = tok
-            state[act] = cls[ua, tok]
+            u_act = r_act // S
+            r_act = u_act * S + cls[u_act * V + tok]
         tm = int(length.max()) if B else 0
         tokens = tokens[:, :tm]
         return {"tokens": tokens, "length": length, "ended": ended, "logprob": total, "token_logprobs": tlp}
@@ -393,28 +539,32 @@ def _sat(x: np.ndarray, scale: float) -> np.ndarray:
     return 1.0 - np.exp(-x / scale)
 
 
-def quality_logit(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
+def quality_logit(st: TextStats, difficulty: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
     """The logit ``s`` of the true quality (see :func:`true_quality_from_stats`)."""
+    p = params
     c = st.counts.astype(np.float64)
     n = np.maximum(st.n, 1).astype(np.float64)
-    return (-1.6 + 2.4 * _sat(st.n_on_distinct, 2.5) + (0.1 + 1.6 * difficulty) * _sat(c[:, REA], 2.0)
-            + 0.5 * _sat(c[:, GEN], 5.0) - 0.55 * c[:, ERR] - 0.9 * c[:, MIS] - 2.0 * c[:, FIL] / n
-            - 1.5 * c[:, OFF] / n)
+    return (p.quality_intercept + p.coverage_weight * _sat(st.n_on_distinct, p.coverage_scale)
+            + (p.reasoning_weight + p.reasoning_difficulty_weight * difficulty) * _sat(c[:, REA], p.reasoning_scale)
+            + p.generic_weight * _sat(c[:, GEN], p.generic_scale) - p.error_penalty * c[:, ERR]
+            - p.misleading_penalty * c[:, MIS] - p.filler_penalty * c[:, FIL] / n - p.off_topic_penalty * c[:, OFF] / n)
 
 
-def true_quality_from_stats(st: TextStats, difficulty: np.ndarray, hidden: np.ndarray | float = 0.0) -> np.ndarray:
-    """True quality ``Y = sigmoid(s + hidden)`` (``hidden``: what the judge cannot see) with
+def true_quality_from_stats(st: TextStats, difficulty: np.ndarray, hidden: np.ndarray | float = 0.0,
+                            params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
+    """True quality ``Y = sigmoid(s + hidden)`` (``hidden``: what the judge cannot see) with, at the
+    default :class:`WorldParameters`,
 
     ``s = -1.6 + 2.4 cov + (0.1 + 1.6 d) rea + 0.5 gen - 0.55 n_err - 0.9 n_mis - 2.0 f_fil
     - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 2.5)``, ``rea = 1 - exp(-n_rea / 2)``,
     ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
     Content saturates while errors accumulate, so length alone is roughly neutral.
     """
-    return 1.0 / (1.0 + np.exp(-(quality_logit(st, difficulty) + hidden)))
+    return 1.0 / (1.0 + np.exp(-(quality_logit(st, difficulty, params) + hidden)))
 
 
-def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray:
-    """The judge's perceived quality (before noise):
+def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
+    """The judge's perceived quality (before noise), at the default :class:`WorldParameters`
     ``s_J = 0.8 (s + 0.9 n_mis) + 2.4 (1 - exp(-n_mis / 3)) + 0.9 log((n + 1) / 40)``.
 
     Apart from misleading words the judge sees what the truth sees, compressed (0.8), plus a
@@ -424,12 +574,16 @@ def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray) -> np.ndarray
     are not penalised but rewarded: an adversarial policy breaks transport, which only an oracle
     probe of its own responses can reveal.
     """
+    p = params
     c = st.counts.astype(np.float64)
-    return (0.8 * (quality_logit(st, difficulty) + 0.9 * c[:, MIS]) + 2.4 * _sat(c[:, MIS], 3.0)
-            + 0.9 * np.log((st.n + 1.0) / 40.0))
+    return (p.judge_compression * (quality_logit(st, difficulty, p) + p.judge_misleading_blindness * c[:, MIS])
+            + p.judge_misleading_bonus * _sat(c[:, MIS], p.judge_misleading_scale)
+            + p.judge_length_bonus * np.log((st.n + 1.0) / p.judge_length_reference))
 
 
-def judge_score_from_latent(latent: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Judge score ``round_0.05( sigmoid(latent + noise) ** 0.7 )``: monotone, generous, gridded."""
-    p = 1.0 / (1.0 + np.exp(-(latent + noise)))
-    return np.round(20.0 * p ** 0.7) / 20.0
+def judge_score_from_latent(latent: np.ndarray, noise: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
+    """Judge score ``round_0.05( sigmoid(latent + noise) ** 0.7 )`` at the default parameters
+    (``judge_exponent``, ``judge_grid_steps``): monotone, generous, gridded."""
+    steps = float(params.judge_grid_steps)
+    prob = 1.0 / (1.0 + np.exp(-(latent + noise)))
+    return np.round(steps * prob ** params.judge_exponent) / steps

@@ -53,7 +53,7 @@ def direct(ctx: EstimationContext, policy: str) -> EstimatorOutput:
         return v
 
     psi = f.prompt_mean_series(contrib(f.pred))
-    reps = np.array([f.prompt_mean_series(contrib(pk)).mean() for pk in f.pred_k]) if ctx.use_oua else None
+    reps = np.array([np.mean(f.prompt_means(contrib(pk))) for pk in f.pred_k]) if ctx.use_oua else None
     out = EstimatorOutput(policy, "direct", float(psi.mean()), psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled)
     out.extras["residual_correction"] = n_lab >= 2
     return out

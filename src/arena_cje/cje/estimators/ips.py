@@ -12,7 +12,7 @@ from sklearn.isotonic import IsotonicRegression
 from arena_cje.cje.context import EstimationContext, PolicyWeights
 from arena_cje.cje.estimators.output import EstimatorOutput, prompt_sum, refused
 from arena_cje.cje.folds import fold_of
-from arena_cje.cje.weights import simcal_weights
+from arena_cje.cje.weights import JudgeOrder, simcal_weights
 
 #: Number of prompt groups G of the grouped jackknife of calibrated IPS (``simcal_jackknife_variance``).
 SIMCAL_JACKKNIFE_GROUPS = 20
@@ -81,13 +81,15 @@ def simcal_jackknife_variance(ctx: EstimationContext, pw: PolicyWeights, r: np.n
     grp = fold_of(ctx.prompt_ids[m], SIMCAL_JACKKNIFE_GROUPS)
     judge = ctx.judge[m]
     folds = ctx.folds[m]
+    order = JudgeOrder(judge)  # one sort serves all refits
     thetas = []
     for g in range(SIMCAL_JACKKNIFE_GROUPS):
         keep = grp != g
         if keep.sum() < 2 or keep.all():
             continue
         wk = pw.raw[keep] / pw.raw[keep].mean()
-        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap).weights
+        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap, order=order.subset(keep),
+                            keep_projections=False).weights
         thetas.append(float(np.sum(wj * r[keep]) / np.sum(wj)))
     t = np.asarray(thetas)
     if t.size < 2:

@@ -73,4 +73,5 @@ def prompt_sum(prompt_ids: np.ndarray, phi: np.ndarray) -> pd.Series:
     """psi_g = (G/n) sum_{i in g} phi_i, indexed by prompt_id (module docstring)."""
     codes, uniq = pd.factorize(prompt_ids)
     s = np.bincount(codes, weights=phi, minlength=len(uniq))
-    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id"))
+    # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id", dtype=object))

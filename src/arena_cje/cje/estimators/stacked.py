@@ -35,7 +35,7 @@ def stacked_dr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
     idx = comps[0].psi.index
     for c in comps[1:]:
         idx = idx.intersection(c.psi.index)
-    mat = np.vstack([c.psi.reindex(idx).to_numpy() for c in comps])
+    mat = np.vstack([c.psi.to_numpy() if c.psi.index.equals(idx) else c.psi.reindex(idx).to_numpy() for c in comps])
     cov = np.atleast_2d(np.cov(mat)) if len(comps) > 1 else np.ones((1, 1))
     beta = simplex_min_variance(cov) if len(comps) > 1 else np.ones(1)
     psi = pd.Series(beta @ mat, index=idx)
