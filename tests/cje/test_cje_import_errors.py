@@ -3,7 +3,7 @@ or a counted warning (issue 15).
 
 Every defect is applied to a copy of a layout on disk and read through the ``cje_import``
 environment's own catalog (``CJEJsonlDataset``) and the estimation node, exactly as
-``kedro run --pipeline estimation --env cje_import --params "cje_import.path=DIR"`` reads it. The
+``kedro run --pipelines estimation --env cje_import --params "cje_import.path=DIR"`` reads it. The
 layouts: a small synthetic one (always) and a copy of the shared arena sample (skipped when absent).
 """
 
