@@ -1,4 +1,5 @@
-"""Probe-corrected levels, the bias-aware combination and the reporting rule (arena_cje.cje.transport)."""
+"""The transport audit (arena_cje.cje.audit) and the reporting rules: probe-corrected levels, the bias-aware
+combination (arena_cje.cje.transport)."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def _residuals(rng, n, mean, sd):
 
 
 def test_each_audit_state_is_reachable():
-    from arena_cje.cje.transport import grade_audits
+    from arena_cje.cje.audit import grade_audits
 
     rng = np.random.default_rng(0)
     probes = {
@@ -165,7 +166,7 @@ def test_each_audit_state_is_reachable():
 
 
 def test_clustered_se_matches_the_cluster_robust_sandwich():
-    from arena_cje.cje.transport import clustered_mean, probe_design
+    from arena_cje.cje.audit import clustered_mean, probe_design
 
     rng = np.random.default_rng(1)
     sizes = rng.integers(1, 5, size=40)
@@ -188,7 +189,7 @@ def test_clustered_se_matches_the_cluster_robust_sandwich():
 
 
 def test_clustered_se_tracks_the_monte_carlo_sd_where_the_row_se_does_not():
-    from arena_cje.cje.transport import clustered_mean, probe_design
+    from arena_cje.cje.audit import clustered_mean, probe_design
 
     rng = np.random.default_rng(2)
     prompts = np.repeat([f"p{g}" for g in range(30)], 3)
@@ -204,7 +205,7 @@ def test_clustered_se_tracks_the_monte_carlo_sd_where_the_row_se_does_not():
 
 def test_holm_adjustment_and_the_audit_family():
     from arena_cje.cje import adjust_p_values
-    from arena_cje.cje.transport import grade_audits
+    from arena_cje.cje.audit import grade_audits
 
     assert adjust_p_values(np.array([0.01, 0.04, 0.03, 0.2, np.nan]), "holm") == pytest.approx(
         [0.04, 0.09, 0.09, 0.2, np.nan], nan_ok=True)
@@ -224,7 +225,7 @@ def test_holm_adjustment_and_the_audit_family():
 
 
 def test_twenty_cluster_floor():
-    from arena_cje.cje.transport import grade_audits
+    from arena_cje.cje.audit import grade_audits
 
     rng = np.random.default_rng(4)
     r = _residuals(rng, 40, 0.0, 0.03)
@@ -315,7 +316,8 @@ def test_ppi_weight_formula_and_fallbacks():
 
 
 def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
-    from arena_cje.cje.transport import probe_corrected, probe_residuals
+    from arena_cje.cje.audit import probe_residuals
+    from arena_cje.cje.transport import probe_corrected
 
     d = simulate(n=600, oracle_fraction=0.3, seed=8, targets=("pi_hot",), probe_size=60)
     data = CJEDataset.from_frames(d.logged, d.fresh, d.probes)
