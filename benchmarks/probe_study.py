@@ -46,7 +46,8 @@ from real_data import TARGETS, _read, load, subset_labels  # noqa: E402
 import arena_cje.cje as cje_pkg  # noqa: E402
 from arena_cje.cje import CJEDataset, EstimationConfig  # noqa: E402
 from arena_cje.cje.api import borrowed_estimates  # noqa: E402
-from arena_cje.cje.transport import AUDIT_STATES, apply_transport_rule  # noqa: E402
+from arena_cje.cje.audit import AUDIT_STATES  # noqa: E402
+from arena_cje.cje.transport import apply_transport_rule  # noqa: E402
 
 _STATE: dict = {}
 COVARIATES = ("response_length", "prompt_length")

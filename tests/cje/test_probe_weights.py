@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cje_synthetic import simulate  # noqa: E402
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies, fit_calibration  # noqa: E402
-from arena_cje.cje.transport import probe_design, with_inclusion_probs  # noqa: E402
+from arena_cje.cje.audit import probe_design, with_inclusion_probs  # noqa: E402
 from arena_cje.crowd.select import horvitz_thompson_mean  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """``estimate_policies``: calibration, every requested estimator, intervals, gates and differences.
 
-Transport audit (``transport.grade_audits``, formulas in ``transport.py``): per policy with a probe, a
+Transport audit (``audit.grade_audits``, formulas in ``audit.py``): per policy with a probe, a
 graded equivalence test of the mean probe residual against the margin ``transport_margin`` with
 prompt-clustered SEs, Holm-adjusted across the audited policies: PASS / FAIL / INCONCLUSIVE /
 NOT_GRADED (fewer than ``transport_min_clusters`` effective prompts) / NOT_CHECKED (no probe). A FAIL
@@ -47,15 +47,13 @@ from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.context import EstimationContext
 from arena_cje.cje.estimators import EstimatorOutput, run_estimator
 from arena_cje.cje.inference import t_interval
-from arena_cje.cje.transport import (  # noqa: F401  (TransportAudit, transport_audit re-exported)
+from arena_cje.cje.audit import (  # noqa: F401  (TransportAudit, transport_audit re-exported)
     FAIL,
-    LEVEL_ESTIMATORS,
     TransportAudit,
-    apply_transport_rule,
     grade_audits,
-    has_own_labels,
     transport_audit,
 )
+from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels
 from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
 
 #: The leading columns of ``EstimationResult.estimates`` (followed by var_if, var_oua, df and

@@ -60,7 +60,7 @@ class EstimationConfig:
         n_bootstrap: Cluster-bootstrap replicates refitting the calibrator (0 = IF-based CIs).
         seed: Seed for the bootstrap and any randomised step.
         transport_margin: delta, the equivalence margin of the graded transport audit on the mean
-            probe residual |E[Y - f(S)]| (``arena_cje.cje.transport``).
+            probe residual |E[Y - f(S)]| (``arena_cje.cje.audit``).
         transport_min_clusters: No PASS (nor INCONCLUSIVE) with fewer effective probe prompts than
             this: the audit is ``NOT_GRADED``.
         transport_rule: What a borrowed level row (direct, DR family) of a policy with a probe reports

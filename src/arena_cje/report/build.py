@@ -15,7 +15,7 @@ from .figures import plot_calibration, plot_differences, plot_forest, plot_weigh
 from .tables import differences_vs_baseline, flatten_parameters
 from .verdicts import decision_estimator, decision_sentence, policy_verdicts
 
-#: Columns of the transport audit table shown in the report (``cje.transport.TransportAudit``).
+#: Columns of the transport audit table shown in the report (``cje.audit.TransportAudit``).
 TRANSPORT_REPORT_COLUMNS = ["policy", "state", "n_probe", "effective_clusters", "mean_residual", "std_error", "ci_lower",
                             "ci_upper", "margin", "p_equivalence_adj", "p_beyond_margin_adj"]
 

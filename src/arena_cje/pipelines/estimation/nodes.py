@@ -11,7 +11,7 @@ import pandas as pd
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.cje.api import ESTIMATE_COLUMNS
 from arena_cje.cje.scale import frames_to_unit_scale, judge_scale
-from arena_cje.cje.transport import with_inclusion_probs
+from arena_cje.cje.audit import with_inclusion_probs
 from arena_cje.provenance import data_fingerprint, partitions_fingerprint, results_record
 
 #: Columns of the ``estimates`` table people read: the core's ``ESTIMATE_COLUMNS`` with the true value
