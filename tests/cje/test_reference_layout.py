@@ -10,7 +10,7 @@ import pytest
 
 from arena_cje.cje.data import CJEDataset
 from arena_cje.cje.reference_layout import DRAW_COLUMNS, build_reference_layout
-from arena_cje.cje.transport import with_inclusion_probs
+from arena_cje.cje.audit import with_inclusion_probs
 from arena_cje.datasets import CJEJsonlDataset
 
 POLICIES = ["pi_0", "pi_a", "pi_b"]
