@@ -441,7 +441,7 @@ def test_rescale_bound_holds_when_tokens_of_the_same_text_collapse_in_the_top_k(
         for j in shown:
             top["" if j in blank else f"t{j}"] = float(lp1[j])  # later entries overwrite earlier
         name = "" if i in blank else f"t{i}"
-        from arena_cje.backends.openai_compatible import _top_complete
+        from arena_cje.backends.openai_compatible.temperature import _top_complete
 
         estimate, half = rescale_logprob(float(lp1[i]), name, top, temperature, vocab,
                                          complete=_top_complete(top, k))

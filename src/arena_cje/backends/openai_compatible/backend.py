@@ -1,4 +1,4 @@
-"""Backend for OpenAI-compatible HTTP APIs (Fireworks, vLLM, Together, ...).
+"""The OpenAI-compatible backend: generation, teacher forcing and judging over HTTP.
 
 * Generation: ``POST {base_url}/chat/completions`` with the policy's system prompt, temperature,
   ``top_p=1``, ``max_tokens``, ``seed`` and per-token log-probs. ``finish_reason: "length"`` marks
@@ -7,51 +7,15 @@
   ``logprobs=k`` on the conversation written with the model family's chat template
   (:mod:`arena_cje.backends.templates`), the end-of-turn marker appended only when the reply ended
   (``ended``; a reply cut at ``max_tokens`` never produced it). The response's tokens are located
-  by their *text*: the echo must spell the text sent (a BOS token the server added is allowed
-  first), and the tokens from the located start must spell exactly the response (+ end of turn);
-  offsets are not trusted (vLLM's count the BOS text and drift on split UTF-8 characters, and
-  Fireworks does not document their unit). When no token starts exactly where the response starts
-  (the last prompt characters and the first response characters were merged into one token) the
-  two-call difference log P(prefix+response) - log P(prefix) over the tokens after the texts'
-  common prefix is used (``usage["two_call"] = 1``); a prompt token is never summed. Echoed
-  log-probs are read from ``choices[0].logprobs`` (OpenAI, vLLM, Fireworks) or from the top-level
-  ``prompt[0].logprobs`` (Together). An echo that is empty, absent or does not spell the text sent
-  (a server that ignores ``echo``) is an error, never 0.0. llama.cpp's server rejects ``echo``
-  ("Only no echo is supported"): that is a :class:`ConfigurationError` saying it cannot
-  teacher-force.
+  in the echo by their text (:mod:`.echo`) and rescaled to the policy's temperature with an error
+  bound (:mod:`.temperature`). llama.cpp's server rejects ``echo`` ("Only no echo is supported"):
+  that is a :class:`~arena_cje.backends.openai_compatible.errors.ConfigurationError` saying it
+  cannot teacher-force.
 * Judging: ``POST {base_url}/chat/completions`` with the rubric as system message, T=0, the score
   parsed from JSON with a tolerant fallback; with ``judge_response_format: json_schema`` the
   server's structured output (vLLM, Fireworks) forces ``{"score": <0..1>, ...}``.
 
-Temperature. Servers return echo log-probs at T=1 whatever temperature is sent (vLLM does). A
-policy at temperature T samples from softmax(z/T), so its log-prob of token i is
-
-    log p_T(i) = l_i / T - log sum_j exp(l_j / T),        l_j = log p_1(j)  (T=1 log-probs).
-
-Only the top-k l_j (plus the scored token's) are returned. Let K be those tokens,
-S = sum_{j in K} exp(l_j/T), R = 1 - sum_{j in K} exp(l_j) the T=1 mass of the n = V - |K|
-unseen tokens, each at most c = the smallest probability among the returned *alternatives* (the
-scored token's own entry excluded: vLLM adds it, and Fireworks documents "up to logprobs+1"
-entries, so when it is not among the top k its probability is below the k-th and is no cap). For
-beta = 1/T the unseen tokens contribute U = sum_tail p_j^beta, which lies between the
-"concentrated" value R c^(beta-1) (as many tokens as possible at c) and the "spread" value
-R^beta n^(1-beta) (n equal tokens); which of the two is smaller depends on whether beta > 1. Hence
-
-    log Z in [log(S + U_lo), log(S + U_hi)]
-
-and we report the midpoint with half-width (log(S+U_hi) - log(S+U_lo)) / 2 per token;
-``TeacherForced.tail_mass_bound`` is the sum of the half-widths over the response's tokens, a
-guaranteed bound on |estimate - exact| given exact top-k log-probs and the vocabulary size. See
-docs/api_backend.md for typical sizes.
-
-Faults. Timeouts, connection errors (including dropped connections and bodies cut off in
-transfer), a 200 whose body is not complete JSON, ``finish_reason: "error"``, HTTP 408, 409, 429
-(``retry-after-ms`` or ``Retry-After`` honoured) and 5xx are retried with exponential backoff and
-full jitter (tenacity); what still fails after the retries is recorded as failed (retried on the
-next run), never stored as a good response. HTTP 400/401/403/404 are not retried: they raise
-:class:`ConfigurationError` saying what to fix, after the requests already in flight finish and
-are recorded. A well-formed JSON reply of the wrong shape is a recorded failure. The API key is
-only ever placed in the ``Authorization`` header and scrubbed from every message.
+Faults and retries: :mod:`.errors`. API key, rate limit and budget cap: :mod:`.access`.
 
 Cost. Token counts come from the reply's ``usage``; a provider that omits it is charged the
 tokenizer-free pre-request estimate (``usage["usage_estimated"] = 1``), so the budget cap still
@@ -64,9 +28,7 @@ import json
 import logging
 import math
 import os
-import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -81,311 +43,28 @@ from arena_cje.backends.judge_parsing import parse_judge_score
 from arena_cje.backends.base import EchoRepeat, Generation, JudgeSpec, Judgement, PolicySpec, TeacherForced
 from arena_cje.backends.store import DONE, FAILED, RecordKey, RequestStore, make_key, sha256
 from arena_cje.backends.templates import ChatTemplate, get_template
+from arena_cje.backends.openai_compatible.access import _Budget, _RateLimiter, resolve_api_key
+from arena_cje.backends.openai_compatible.echo import _common_prefix, _Echo, _parse_echo, locate_span
+from arena_cje.backends.openai_compatible.errors import (
+    _CONTEXT_LENGTH,
+    _NO_ECHO,
+    _RETRYABLE,
+    RETRYABLE_STATUSES,
+    BudgetExceededError,
+    ConfigurationError,
+    FinishReasonError,
+    MalformedResponseError,
+    RetryableHTTPError,
+    TruncatedBodyError,
+    _ItemRejected,
+    _Stopped,
+    retry_after_seconds,
+)
+from arena_cje.backends.openai_compatible.temperature import _finite, _top_complete, _within_position_slope, rescale_logprob
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE_PATH = "data/02_intermediate/api_requests.sqlite"
-
-
-class ConfigurationError(RuntimeError):
-    """A request the server rejects for a reason retrying cannot fix (HTTP 400/401/403/404)."""
-
-
-#: HTTP statuses worth retrying: request timeout, conflict (Fireworks' docs and SDK retry both),
-#: rate limit; every 5xx is retried too.
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-
-
-class BudgetExceededError(RuntimeError):
-    """The next request could push the recorded spend over ``budget_usd``."""
-
-
-class MalformedResponseError(RuntimeError):
-    """The server answered 200 with JSON of an unexpected shape (retrying will not change it)."""
-
-
-class TruncatedBodyError(RuntimeError):
-    """The server answered 200 with a body that is not complete JSON (cut in transfer): retried."""
-
-
-class FinishReasonError(RuntimeError):
-    """The server answered 200 with ``finish_reason: "error"``: no usable output, retried."""
-
-
-class RetryableHTTPError(RuntimeError):
-    """HTTP 408, 409, 429 or 5xx; ``retry_after`` holds the server's requested wait in seconds."""
-
-    def __init__(self, message: str, status: int, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-_RETRYABLE = (
-    requests.Timeout,
-    requests.ConnectionError,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    RetryableHTTPError,
-    TruncatedBodyError,
-    FinishReasonError,
-)
-_NO_ECHO = re.compile(r"no echo|echo is not supported|does not support echo|unsupported.{0,20}echo", re.I)
-
-_CONTEXT_LENGTH = re.compile(r"context length|context window|maximum context|too long|exceeds? the max", re.I)
-
-
-# --------------------------------------------------------------------------------------------
-# Pure helpers
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_api_key(api_key: str | None, api_key_env: str | None = "FIREWORKS_API_KEY") -> str | None:
-    """Find the API key: the explicit value (Kedro's credentials, passed by the caller), then the
-    environment variable. Returns ``None`` when no key is configured (fine for local servers
-    without authentication)."""
-    if api_key:
-        return str(api_key)
-    if api_key_env and os.environ.get(api_key_env):
-        return os.environ[api_key_env]
-    return None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds, fractional accepted; dates ignored)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The wait a 408/409/429/5xx asks for: ``retry-after-ms`` (milliseconds, what OpenAI's and
-    Fireworks' SDKs read first), else ``Retry-After`` (seconds); ``None`` when neither is usable."""
-    millis = parse_retry_after(headers.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000.0
-    return parse_retry_after(headers.get("Retry-After"))
-
-
-def spells(tokens: Sequence[str], text: str) -> bool:
-    """Do the token texts, joined, spell ``text`` exactly?
-
-    A run of n U+FFFD replacement characters stands for 1 to n non-ASCII characters: servers that
-    decode each token alone (vLLM) show the pieces of a multi-byte character split across tokens
-    that way. Everything else must match character for character.
-    """
-    joined = "".join(tokens)
-    if joined == text:
-        return True
-    if "\ufffd" not in joined:
-        return False
-    pattern = "".join(
-        f"[^\\x00-\\x7f]{{1,{len(part)}}}" if part.startswith("\ufffd") else re.escape(part)
-        for part in re.split("(\ufffd+)", joined) if part
-    )
-    return re.fullmatch(pattern, text, re.S) is not None
-
-
-def _literal_chars(tokens: Sequence[str]) -> int:
-    """Characters of the joined tokens that must match literally (replacement characters excluded)."""
-    return sum(len(t) - t.count("\ufffd") for t in tokens)
-
-
-def _byte_level_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE's printable stand-in character -> byte (its ``bytes_to_unicode`` inverted)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), ord("\xff") + 1)]
-    chars, extra = list(printable), 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-_BYTE_LEVEL = _byte_level_decoder()
-_SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def token_text_variants(tokens: Sequence[str]) -> list[list[str]]:
-    """Readings of echoed tokens that some servers return undecoded, most likely first.
-
-    Decoded text as is; GPT-2 byte-level BPE pieces (``"Ġthe"`` for ``" the"``), each decoded alone;
-    SentencePiece pieces (``"▁the"``, ``"<0x0A>"``), with the leading dummy-prefix space dropped.
-    A reading is used only when it spells the text sent exactly.
-    """
-    variants = [list(tokens)]
-    if all(all(ch in _BYTE_LEVEL for ch in t) for t in tokens):
-        variants.append([bytes(_BYTE_LEVEL[ch] for ch in t).decode("utf-8", "replace") for t in tokens])
-    if any("\u2581" in t or _SP_BYTE.search(t) for t in tokens):
-        pieces = [_SP_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]).decode("utf-8", "replace"),
-                               t.replace("\u2581", " ")) for t in tokens]
-        variants.append(pieces)
-        # The text's first piece (after a BOS) may carry SentencePiece's dummy-prefix space.
-        for i in range(min(2, len(pieces))):
-            if pieces[i].startswith(" "):
-                variants.append([*pieces[:i], pieces[i][1:], *pieces[i + 1:]])
-    return variants
-
-
-def echo_text_start(tokens: Sequence[str], text: str) -> int | None:
-    """Index of the echo's first token of ``text``: 0, or 1 when the server put a BOS token the
-    client did not send first; ``None`` when the echo does not spell ``text`` (no echo)."""
-    if not tokens:
-        return None
-    if spells(tokens, text):
-        return 0
-    if spells(tokens[1:], text):
-        return 1
-    return None
-
-
-def locate_span(tokens: Sequence[str], text: str, start: int, first: int = 0) -> int | None:
-    """Index ``j`` where the echo of ``text`` splits into ``text[:start]`` and ``text[start:]``.
-
-    ``tokens[first:]`` are the echo's tokens of ``text`` (``first`` is 1 when the server put a BOS
-    token first). ``tokens[j:]`` must spell exactly ``text[start:]`` and ``tokens[first:j]``
-    exactly ``text[:start]``; ``j`` is at least 1 (the first token of an echo has no log-prob).
-    Searched from the end. ``None`` when no token boundary falls there (the first characters of
-    ``text[start:]`` were merged with the text before into one token), or when replacement
-    characters let two boundaries spell it (a multi-byte character split around the boundary:
-    which bytes are the prompt's cannot be told).
-
-    Empty token texts are the leading bytes of a multi-byte character that a later token
-    completes (vLLM decodes each token alone and shows such pieces as ``""``: 良 is ``"", "", "良"``).
-    When the candidate boundaries differ only by such empty tokens, the earliest is the right one:
-    ``text[:start]`` ends in a whole character, so bytes of an unfinished one belong to the reply.
-    """
-    target, head = text[start:], text[:start]
-    found = []
-    for j in range(len(tokens) - 1, max(first, 1) - 1, -1):
-        tail = tokens[j:]
-        if _literal_chars(tail) > len(target):
-            break
-        if spells(tail, target) and spells(tokens[first:j], head):
-            found.append(j)
-    if found and all(t == "" for t in tokens[min(found):max(found)]):
-        return min(found)
-    return None
-
-
-def rescale_logprob(
-    logprob: float,
-    token: str,
-    top: Mapping[str, float] | None,
-    temperature: float,
-    vocab_size: int,
-    complete: bool = True,
-) -> tuple[float, float]:
-    """Temperature-scaled log-prob of one token from T=1 top-k log-probs, with an error bound.
-
-    Implements log p_T(i) = l_i/T - log Z_T with log Z_T bracketed as in the module docstring:
-    U_conc = R c^(beta-1), U_spread = R^beta n^(1-beta), U_lo = min, U_hi = max,
-    estimate = l_i/T - (log(S+U_lo) + log(S+U_hi))/2, half-width = (log(S+U_hi) - log(S+U_lo))/2.
-    The cap c is the smallest probability among the alternatives other than the scored token: a
-    server may add the scored token's entry to the top k (k+1 entries), and when it is not among
-    the k best its probability is no upper bound for the unseen tokens.
-
-    Args:
-        logprob: l_i, the token's log-prob at T=1.
-        token: The token's text (to merge it into the top-k set).
-        top: Top-k tokens -> T=1 log-probs at this position (possibly with the scored token added).
-        temperature: Policy temperature T > 0.
-        vocab_size: V, the model's vocabulary size (bounds the number of unseen tokens).
-        complete: ``False`` when ``top`` lost entries: servers key it by decoded token text, so
-            tokens with the same text (vLLM shows every piece of a split multi-byte character as
-            ``""``) collapse into one entry. An unseen token may then be one of the k best, so
-            the cap falls back to R, the whole unseen mass (no unseen token exceeds it): the
-            bound stays valid and widens.
-
-    Returns:
-        ``(estimate, half_width)``; ``(logprob, 0.0)`` when T == 1.
-    """
-    if temperature <= 0:
-        raise ValueError("temperature must be > 0 to score log-probs (T=0 is greedy: log-probs are 0 or -inf)")
-    if temperature == 1.0:
-        return logprob, 0.0
-    beta = 1.0 / temperature
-    top = dict(top or {})
-    alternatives = [v for t, v in top.items() if t != token or abs(v - logprob) > 1e-9]
-    # Every unseen token is below the k-th best alternative; the scored token's own entry is no
-    # cap (when it is not in the top k it lies below the k-th). With no alternative shown, the
-    # scored token is the best one (or nothing is known: cap 1).
-    cap = math.exp(min(alternatives)) if alternatives else (math.exp(logprob) if top else 1.0)
-    # An entry under the scored token's text with another value is another token of that text.
-    known = alternatives + [logprob]
-    seen_mass = sum(math.exp(v) for v in known)
-    tail = max(0.0, 1.0 - seen_mass)
-    if not complete:
-        cap = max(cap, tail)
-    n_tail = max(1, int(vocab_size) - len(known))
-    s_known = sum(math.exp(beta * v) for v in known)
-    if tail > 0.0:
-        concentrated = tail * cap ** (beta - 1.0)
-        spread = tail**beta * n_tail ** (1.0 - beta)
-        u_lo, u_hi = min(concentrated, spread), max(concentrated, spread)
-    else:
-        u_lo = u_hi = 0.0
-    log_lo, log_hi = math.log(s_known + u_lo), math.log(s_known + u_hi)
-    return beta * logprob - 0.5 * (log_lo + log_hi), 0.5 * (log_hi - log_lo)
-
-
-# --------------------------------------------------------------------------------------------
-# Rate limit and budget
-# --------------------------------------------------------------------------------------------
-
-
-class _RateLimiter:
-    """Spaces request starts at least 60/rpm seconds apart across all threads."""
-
-    def __init__(self, requests_per_minute: float | None) -> None:
-        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
-
-
-class _Budget:
-    """Spend so far plus in-flight reservations must stay within the cap."""
-
-    def __init__(self, cap_usd: float | None, spent_usd: float) -> None:
-        self.cap = cap_usd
-        self.spent = spent_usd
-        self.reserved = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self, estimate: float) -> None:
-        with self._lock:
-            if self.cap is not None and self.spent + self.reserved + estimate > self.cap:
-                raise BudgetExceededError(
-                    f"budget cap reached: spent ${self.spent:.4f} + in flight ${self.reserved:.4f} + next request "
-                    f"up to ${estimate:.4f} would exceed backend.openai_compatible.budget_usd = ${self.cap:.2f}; raise the cap "
-                    "to continue (completed requests are kept and will not be repeated)"
-                )
-            self.reserved += estimate
-
-    def settle(self, estimate: float, actual: float) -> None:
-        with self._lock:
-            self.reserved -= estimate
-            self.spent += actual
-
-
-# --------------------------------------------------------------------------------------------
-# The backend
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -427,23 +106,6 @@ class CheckReport:
     echo_noise_mean: float | None = None
     echo_noise_max: float | None = None
     echo_temperature_slope: float | None = None
-
-
-@dataclass
-class _Echo:
-    """Echoed log-probs of one text, normalised across reply shapes.
-
-    ``tokens`` are the token texts as they spell the text (decoded when the server returned raw
-    byte-level or SentencePiece pieces), ``raw`` as the server returned them (the keys of
-    ``tops``); ``first`` is the index of the text's first token (1 when the server put a BOS token
-    first).
-    """
-
-    tokens: list[str]
-    values: list[Any]
-    tops: list[Any]
-    first: int
-    raw: list[str] = field(default_factory=list)
 
 
 #: JSON schema of the judge's reply for servers with structured output.
@@ -1327,26 +989,6 @@ class OpenAICompatibleBackend:
             report.details.append(f"set backend.openai_compatible.echo_applies_temperature: {str(applied).lower()}")
 
 
-class _Stopped(RuntimeError):
-    """An item not started because a fatal error stopped the batch."""
-
-
-class _ItemRejected(RuntimeError):
-    """HTTP 400 that concerns only this item (e.g. prompt longer than the context window)."""
-
-
-def _top_complete(top: Mapping[str, Any] | None, k: int) -> bool:
-    """Does a top-k map keep all k entries? Servers key it by decoded text, so tokens that decode
-    to the same text (``""`` or U+FFFD for pieces of a multi-byte character) collapse."""
-    if not top:
-        return True  # nothing shown: rescale_logprob already caps at 1
-    return len(top) >= k and not any(key == "" or "\ufffd" in key for key in top)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _usage(data: Mapping[str, Any]) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` from the reply's ``usage``; ``None`` when absent."""
     usage = data.get("usage")
@@ -1356,88 +998,3 @@ def _usage(data: Mapping[str, Any]) -> tuple[int, int] | None:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     except (TypeError, ValueError):
         return None
-
-
-def _logprob_blocks(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """Candidate echo blocks of a completions reply, in the order they are tried."""
-    blocks: list[tuple[str, Any]] = []
-    choices = data.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
-        blocks.append(("choices[0].logprobs", choices[0].get("logprobs")))
-        prompt = choices[0].get("prompt")
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
-            blocks.append(("choices[0].prompt[0].logprobs", prompt[0].get("logprobs")))
-    prompt = data.get("prompt")  # Together: echoed log-probs at the top level
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
-        blocks.append(("prompt[0].logprobs", prompt[0].get("logprobs")))
-    return blocks
-
-
-def _parse_echo(data: Mapping[str, Any], text: str) -> _Echo:
-    """The echoed log-probs of ``text`` from a completions reply (OpenAI or Together shape).
-
-    Raises:
-        MalformedResponseError: no block holds tokens that spell ``text`` (absent or empty echo,
-            or a server that ignored ``echo`` and scored something else).
-    """
-    seen = []
-    for where, block in _logprob_blocks(data):
-        if not isinstance(block, Mapping):
-            seen.append(f"{where} absent")
-            continue
-        tokens, values = block.get("tokens"), block.get("token_logprobs")
-        if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
-            seen.append(f"{where} without tokens/token_logprobs of equal length")
-            continue
-        if not tokens:
-            seen.append(f"{where} empty")
-            continue
-        if not all(isinstance(t, str) for t in tokens):
-            seen.append(f"{where} has non-text tokens")
-            continue
-        for reading in token_text_variants(tokens):
-            first = echo_text_start(reading, text)
-            if first is not None:
-                break
-        else:
-            seen.append(f"{where} has {len(tokens)} tokens that do not spell the text sent")
-            continue
-        tops = block.get("top_logprobs")
-        if not isinstance(tops, list) or len(tops) != len(tokens):
-            tops = [None] * len(tokens)
-        # Top-k entries stay keyed by the server's token text, as the scored token is looked up there.
-        return _Echo(reading, list(values), list(tops), first, list(tokens))
-    found = "; ".join(seen) if seen else "no choices"
-    raise MalformedResponseError(
-        f"no echo of the text sent in the completions reply ({found}): the server ignored echo=True "
-        "or returns the echo in an unknown shape"
-    )
-
-
-def _common_prefix(a: _Echo, b: _Echo) -> int:
-    """Number of leading tokens two echoes share (same token text)."""
-    n = 0
-    # The last token of the shorter text may continue differently in the longer one: never share it.
-    while n < min(len(a.tokens), len(b.tokens)) - 1 and a.tokens[n] == b.tokens[n]:
-        n += 1
-    return n
-
-
-def _within_position_slope(x_tops: Sequence[Any], y_tops: Sequence[Any]) -> float | None:
-    """Least-squares slope of y on x over the top-k entries both echoes show, centred per position.
-
-    ``None`` when fewer than 2 entries per position or no spread (e.g. no top-k returned).
-    """
-    sxy = sxx = 0.0
-    for xs, ys in zip(x_tops, y_tops):
-        if not isinstance(xs, Mapping) or not isinstance(ys, Mapping):
-            continue
-        keys = [k for k in xs if k in ys and _finite(xs[k]) and _finite(ys[k])]
-        if len(keys) < 2:
-            continue
-        x = np.array([xs[k] for k in keys], dtype=float)
-        y = np.array([ys[k] for k in keys], dtype=float)
-        x, y = x - x.mean(), y - y.mean()
-        sxy += float(x @ y)
-        sxx += float(x @ x)
-    return sxy / sxx if sxx > 0 else None

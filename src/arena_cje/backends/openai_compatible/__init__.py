@@ -1,0 +1,60 @@
+"""Backend for OpenAI-compatible HTTP APIs (Fireworks, vLLM, Together, ...).
+
+One concept per module:
+
+* :mod:`.backend`: :class:`~arena_cje.backends.openai_compatible.backend.OpenAICompatibleBackend`
+  (generation, teacher forcing and judging over HTTP, the durable request record, the cost) and
+  its ``self_check`` report :class:`~arena_cje.backends.openai_compatible.backend.CheckReport`.
+* :mod:`.echo`: locating the response's tokens in a server's echo by their text, and reading the
+  echoed log-probs from the reply's shapes (byte-level and SentencePiece pieces decoded).
+* :mod:`.temperature`: the log-prob at temperature T from T=1 top-k log-probs, with its tail-mass
+  bound (the formulas for S, R and the bound are in its docstring).
+* :mod:`.errors`: the errors, which of them are retried, and the server's ``Retry-After``.
+* :mod:`.access`: the API key, the rate limiter and the budget cap.
+
+This package re-exports the public names, so ``arena_cje.backends.openai_compatible`` is what the
+backend registry, the docs and the configuration name. Measured figures: ``docs/api_backend.md``.
+"""
+
+from arena_cje.backends.openai_compatible.access import resolve_api_key
+from arena_cje.backends.openai_compatible.backend import (
+    DEFAULT_STORE_PATH,
+    JUDGE_SCHEMA,
+    CheckReport,
+    OpenAICompatibleBackend,
+)
+from arena_cje.backends.openai_compatible.echo import echo_text_start, locate_span, spells, token_text_variants
+from arena_cje.backends.openai_compatible.errors import (
+    RETRYABLE_STATUSES,
+    BudgetExceededError,
+    ConfigurationError,
+    FinishReasonError,
+    MalformedResponseError,
+    RetryableHTTPError,
+    TruncatedBodyError,
+    parse_retry_after,
+    retry_after_seconds,
+)
+from arena_cje.backends.openai_compatible.temperature import rescale_logprob
+
+__all__ = [
+    "DEFAULT_STORE_PATH",
+    "JUDGE_SCHEMA",
+    "RETRYABLE_STATUSES",
+    "BudgetExceededError",
+    "CheckReport",
+    "ConfigurationError",
+    "FinishReasonError",
+    "MalformedResponseError",
+    "OpenAICompatibleBackend",
+    "RetryableHTTPError",
+    "TruncatedBodyError",
+    "echo_text_start",
+    "locate_span",
+    "parse_retry_after",
+    "rescale_logprob",
+    "resolve_api_key",
+    "retry_after_seconds",
+    "spells",
+    "token_text_variants",
+]
