@@ -27,7 +27,7 @@ import pandas as pd
 from arena_cje.cje.calibration import CrossFitCalibration
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset, suspect_logprob_rows
-from arena_cje.cje.folds import fold_of
+from arena_cje.cje.folds import prompt_hashes
 from arena_cje.cje.weights import (
     SimcalResult,
     WeightDiagnostics,
@@ -55,6 +55,7 @@ class FreshDraws:
         codes: Position of each draw's prompt in ``prompts``.
         prompts: The distinct prompts in order of first appearance (index named ``prompt_id``).
         counts: Number of draws of each prompt (aligned with ``prompts``).
+        folds: k(d) = crc32(prompt_id) mod K of each draw (``folds.py``).
         pred: f^(-k(d))(S_d), the cross-fitted calibrated prediction (None without a calibration).
         pred_k: K x n_draws matrix of f^(-k)(S_d), the OUA replicates (None without a calibration).
     """
@@ -66,6 +67,7 @@ class FreshDraws:
     codes: np.ndarray
     prompts: pd.Index
     counts: np.ndarray
+    folds: np.ndarray
     pred: np.ndarray | None = None
     pred_k: np.ndarray | None = None
 
@@ -140,14 +142,19 @@ class EstimationContext:
         return self.config.oua and self.cal is not None and not self.cal.full_coverage
 
     @cached_property
+    def prompt_hashes(self) -> np.ndarray:
+        """crc32(prompt_id) of every logged row, hashed once for the folds and the jackknife groups."""
+        return prompt_hashes(self.prompt_ids)
+
+    @cached_property
     def folds(self) -> np.ndarray:
         """k(i) = crc32(prompt_id) mod K of every logged row."""
-        return fold_of(self.logged["prompt_id"], self.K)
+        return self.prompt_hashes % self.K
 
     @cached_property
     def rewards(self) -> np.ndarray:
         """R_i = f^(-k(i))(S_i) on the logged rows."""
-        return self.cal.predict_oof(self.logged)
+        return self.cal.predict_oof(self.logged, folds=self.folds)
 
     @cached_property
     def rewards_k(self) -> np.ndarray:
@@ -180,9 +187,10 @@ class EstimationContext:
     def _build_fresh(self, f: pd.DataFrame) -> FreshDraws:
         pid = f["prompt_id"].to_numpy(dtype=object)
         codes, uniq = pd.factorize(pid)
+        folds = prompt_hashes(pid) % self.K
         pred = pred_k = None
         if self.cal is not None:
-            pred = self.cal.predict_oof(f)
+            pred = self.cal.predict_oof(f, folds=folds)
             pred_k = np.vstack([self.cal.predict_fold(f, k) for k in range(self.K)])
         return FreshDraws(
             frame=f,
@@ -193,6 +201,7 @@ class EstimationContext:
             # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
             prompts=pd.Index(uniq, name="prompt_id", dtype=object),
             counts=np.bincount(codes, minlength=len(uniq)).astype(float),
+            folds=folds,
             pred=pred,
             pred_k=pred_k,
         )

@@ -23,7 +23,6 @@ from scipy.special import expit, logit
 from arena_cje.cje.calibration import make_calibrator
 from arena_cje.cje.context import EstimationContext, FreshDraws
 from arena_cje.cje.estimators.output import EstimatorOutput, prompt_sum, refused
-from arena_cje.cje.folds import fold_of
 
 #: TMLE searches the fluctuation eps in [-TMLE_EPS_BRACKET, TMLE_EPS_BRACKET] (logit scale).
 TMLE_EPS_BRACKET = 20.0
@@ -156,7 +155,7 @@ def mrdr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
 
     jl, yl, wl, fl = s.judge[lab], s.y[lab], s.w[lab] ** 2 + 1e-12, s.folds[lab]
     cl = sub(c_log, lab)
-    fresh_folds = fold_of(f.prompt_ids, ctx.K)
+    fresh_folds = f.folds
     models = []
     for k in range(ctx.K):
         tr = fl != k
