@@ -29,6 +29,7 @@ Calibrated-IPS influence values (``estimators.ips.calibrated_ips``) need the pro
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,17 +81,22 @@ def simplex_min_variance(cov: np.ndarray) -> np.ndarray:
     m = cov.shape[0]
     scale = float(np.trace(cov)) / m or 1.0
     c = cov / scale
-    res = minimize(
-        lambda b: b @ c @ b,
-        np.full(m, 1.0 / m),
-        jac=lambda b: 2 * c @ b,
-        bounds=[(0.0, 1.0)] * m,
-        constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
-        method="SLSQP",
-        options={"ftol": 1e-15, "maxiter": 500},  # candidates' variances differ in the 4th digit
-    )
+    with _SLSQP_LOCK:  # the calibrated-IPS jackknife refits SIMCal on threads; SLSQP is not documented thread-safe
+        res = minimize(
+            lambda b: b @ c @ b,
+            np.full(m, 1.0 / m),
+            jac=lambda b: 2 * c @ b,
+            bounds=[(0.0, 1.0)] * m,
+            constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
+            method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 500},  # candidates' variances differ in the 4th digit
+        )
     b = np.clip(res.x, 0, None)
     return b / b.sum()
+
+
+#: Serialises SLSQP (a 2-3 dimensional problem: the lock costs nothing measurable).
+_SLSQP_LOCK = threading.Lock()
 
 
 #: Judge scores closer than this are one tie group (sklearn ``IsotonicRegression``'s rule).

@@ -6,6 +6,9 @@ the weights and their diagnostics come from ``EstimationContext.weights`` (formu
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
@@ -15,6 +18,8 @@ from arena_cje.cje.weights import JudgeOrder, simcal_sorted
 
 #: Number of prompt groups G of the grouped jackknife of calibrated IPS (``simcal_jackknife_variance``).
 SIMCAL_JACKKNIFE_GROUPS = 20
+#: Threads that run the jackknife's refits (the issue's target machine has two cores).
+JACKKNIFE_THREADS = 2
 
 
 def snips(ctx: EstimationContext, policy: str) -> EstimatorOutput:
@@ -89,12 +94,13 @@ def simcal_jackknife_variance(ctx: EstimationContext, pw: PolicyWeights, r: np.n
     fs_all = ctx.folds[m][order.order]
     grp_all = ctx.prompt_hashes[m][order.order] % SIMCAL_JACKKNIFE_GROUPS
     oof = fit.oof_sorted if fit is not None else None
-    thetas = []
-    for g in range(SIMCAL_JACKKNIFE_GROUPS):
+
+    def refit(g: int) -> float | None:
+        """theta_(-g), or None when dropping group g leaves fewer than two rows or drops none."""
         keep = grp_all != g
         n_keep = int(keep.sum())
         if n_keep < 2 or n_keep == keep.size:
-            continue
+            return None
         ws = ws_all[keep]
         scale = ws.mean()
         ws = ws / scale
@@ -105,7 +111,11 @@ def simcal_jackknife_variance(ctx: EstimationContext, pw: PolicyWeights, r: np.n
             up, down, _ = oof
             known = {int(dropped_folds[0]): (up[keep] / scale, down[keep] / scale)}
         wj = simcal_sorted(ws, rs, fs, ctx.config.var_cap, order.sorted_subset(keep), known_oof=known).weights
-        thetas.append(float(np.sum(wj * rs) / np.sum(wj)))
+        return float(np.sum(wj * rs) / np.sum(wj))
+
+    # The refits are independent and their isotonic fits and array work release the GIL.
+    with ThreadPoolExecutor(max_workers=min(JACKKNIFE_THREADS, os.cpu_count() or 1)) as pool:
+        thetas = [t for t in pool.map(refit, range(SIMCAL_JACKKNIFE_GROUPS)) if t is not None]
     t = np.asarray(thetas)
     if t.size < 2:
         return float("nan")
