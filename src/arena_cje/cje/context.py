@@ -134,6 +134,7 @@ class EstimationContext:
         self.K = config.n_folds
         self._weights: dict[str, PolicyWeights] = {}
         self._fresh: dict[str, FreshDraws] = {}
+        self._fresh_positions: dict[str, np.ndarray] = {}
         self.outputs: dict[tuple[str, str], EstimatorOutput] = {}
 
     @property
@@ -172,6 +173,48 @@ class EstimationContext:
         return self.logged["prompt_id"].to_numpy(dtype=object)
 
     @cached_property
+    def prompt_codes(self) -> tuple[np.ndarray, pd.Index]:
+        """``pd.factorize`` of the logged rows' prompt ids: (code of each row, the distinct prompts), hashed once."""
+        codes, uniq = pd.factorize(self.prompt_ids)
+        # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+        return codes, pd.Index(uniq, name="prompt_id", dtype=object)
+
+    def prompt_groups(self, rows: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+        """``pd.factorize(prompt_ids[rows])`` (codes, distinct prompts) from the codes hashed once.
+
+        Renumbering integer codes costs a fraction of hashing the ids again; when ``rows`` has every
+        prompt in first-appearance order the one shared Index comes back, so per-prompt
+        contributions of different estimators align without comparing ids (``Index.equals``).
+        """
+        codes, index = self.prompt_codes
+        local, first = pd.factorize(codes[rows])
+        if first.size == len(index) and bool(np.all(first == np.arange(first.size))):
+            return local, index
+        return local, index[first]
+
+    def _hashes_of(self, prompts: pd.Index) -> np.ndarray:
+        """crc32 of distinct prompt ids: looked up among the logged prompts (hashed once), hashed only when new."""
+        codes, index = self.prompt_codes
+        by_code = np.empty(len(index), dtype=np.int64)
+        by_code[codes] = self.prompt_hashes  # every row of a prompt has its prompt's hash
+        pos = index.get_indexer(prompts)
+        new = pos < 0
+        out = by_code[np.where(new, 0, pos)] if len(index) else np.zeros(len(prompts), dtype=np.int64)
+        if new.any():
+            out[new] = prompt_hashes(prompts[new])
+        return out
+
+    def fresh_positions(self, policy: str) -> np.ndarray | None:
+        """Position in ``fresh(policy).prompts`` of every logged row's prompt (-1: no draw); None without draws."""
+        f = self.fresh(policy)
+        if f is None:
+            return None
+        if policy not in self._fresh_positions:
+            codes, index = self.prompt_codes
+            self._fresh_positions[policy] = f.prompts.get_indexer(index)[codes]
+        return self._fresh_positions[policy]
+
+    @cached_property
     def judge(self) -> np.ndarray:
         """S_i on the logged rows."""
         return self.logged["judge_score"].to_numpy(dtype=float)
@@ -187,7 +230,9 @@ class EstimationContext:
     def _build_fresh(self, f: pd.DataFrame) -> FreshDraws:
         pid = f["prompt_id"].to_numpy(dtype=object)
         codes, uniq = pd.factorize(pid)
-        folds = prompt_hashes(pid) % self.K
+        # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+        prompts = pd.Index(uniq, name="prompt_id", dtype=object)
+        folds = self._hashes_of(prompts)[codes] % self.K
         pred = pred_k = None
         if self.cal is not None:
             pred = self.cal.predict_oof(f, folds=folds)
@@ -198,8 +243,7 @@ class EstimationContext:
             judge=f["judge_score"].to_numpy(dtype=float),
             label=f["oracle_label"].to_numpy(dtype=float),
             codes=codes,
-            # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
-            prompts=pd.Index(uniq, name="prompt_id", dtype=object),
+            prompts=prompts,
             counts=np.bincount(codes, minlength=len(uniq)).astype(float),
             folds=folds,
             pred=pred,

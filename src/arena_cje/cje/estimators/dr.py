@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit, logit
 
@@ -46,6 +47,7 @@ class DRRows:
         folds: Prompt fold k(i).
         fresh: The policy's fresh draws.
         reasons: Why the DR rows are incomplete or their weights suspect (reported as warnings).
+        groups: ``pd.factorize(prompt_ids)`` (``EstimationContext.prompt_groups``; None: factorized when needed).
     """
 
     rows: np.ndarray
@@ -59,6 +61,7 @@ class DRRows:
     folds: np.ndarray
     fresh: FreshDraws
     reasons: tuple[str, ...]
+    groups: tuple[np.ndarray, pd.Index] | None = None
 
     def g_hat(self, q_fresh: np.ndarray) -> np.ndarray:
         """g_hat(X_i) = mean of the outcome model over the fresh draws of row i's prompt."""
@@ -74,7 +77,7 @@ class DRRows:
     def output(self, ctx: EstimationContext, policy: str, name: str, phi: np.ndarray,
                reps: np.ndarray | None) -> EstimatorOutput:
         """The estimator output of row influence values ``phi`` (aggregated by prompt) and OUA replicates."""
-        psi = prompt_sum(self.prompt_ids, phi)
+        psi = prompt_sum(self.prompt_ids, phi, groups=self.groups)
         out = EstimatorOutput(policy, name, float(psi.mean()), psi, reps if ctx.use_oua else None,
                               oracle_n=int(self.labelled.sum()), uses_weights=True)
         out.warn(list(self.reasons))
@@ -90,7 +93,7 @@ def dr_rows(ctx: EstimationContext, policy: str, name: str) -> DRRows | Estimato
     if pw is None or pw.mask.sum() < 2 or not np.isfinite(pw.simcal).all():
         return refused(policy, name, "no target log-probs for this policy on the logged data")
     rows = np.flatnonzero(pw.mask)
-    fresh_index = f.prompts.get_indexer(ctx.prompt_ids[rows])
+    fresh_index = ctx.fresh_positions(policy)[rows]
     keep = fresh_index >= 0
     rows, fresh_index = rows[keep], fresh_index[keep]
     if rows.size < 2:
@@ -105,7 +108,8 @@ def dr_rows(ctx: EstimationContext, policy: str, name: str) -> DRRows | Estimato
     reasons.extend(ctx.logprob_reasons(pw))
     reasons.extend(pw.simcal_reasons)
     return DRRows(rows=rows, prompt_ids=ctx.prompt_ids[rows], fresh_index=fresh_index, w=w, y=y, labelled=lab,
-                  pi_l=lab.mean(), judge=ctx.judge[rows], folds=ctx.folds[rows], fresh=f, reasons=tuple(reasons))
+                  pi_l=lab.mean(), judge=ctx.judge[rows], folds=ctx.folds[rows], fresh=f, reasons=tuple(reasons),
+                  groups=ctx.prompt_groups(rows))
 
 
 def dr_cpo(ctx: EstimationContext, policy: str) -> EstimatorOutput:

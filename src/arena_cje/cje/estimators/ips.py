@@ -137,7 +137,7 @@ def _ips(ctx: EstimationContext, policy: str, name: str, simcal: bool) -> Estima
     phi = wn * (r - theta) + theta
     if simcal:
         phi = phi + projection_correction(pw, ctx.judge[m], r, theta)
-    psi = prompt_sum(ctx.prompt_ids[m], phi)
+    psi = prompt_sum(None, phi, groups=ctx.prompt_groups(m))
     reps = np.array([np.sum(w * rk[m]) / np.sum(w) for rk in ctx.rewards_k]) if ctx.use_oua else None
     out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
     if simcal and pw.diagnostics.ess_raw < 0.999:  # unit weights: SIMCal is the identity
