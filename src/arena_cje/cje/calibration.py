@@ -187,9 +187,12 @@ class CrossFitCalibration:
         """The calibration's covariate columns of ``frame`` as an n x p float matrix (None without covariates)."""
         return frame[list(self.covariates)].to_numpy(dtype=float) if self.covariates else None
 
-    def predict_oof(self, frame: pd.DataFrame) -> np.ndarray:
-        """Cross-fitted reward f^(-k(prompt))(S) for every row of ``frame``."""
-        folds = fold_of(frame["prompt_id"], self.n_folds)
+    def predict_oof(self, frame: pd.DataFrame, folds: np.ndarray | None = None) -> np.ndarray:
+        """Cross-fitted reward f^(-k(prompt))(S) for every row of ``frame``.
+
+        ``folds``: the rows' prompt folds when the caller already has them (``fold_of`` otherwise).
+        """
+        folds = fold_of(frame["prompt_id"], self.n_folds) if folds is None else folds
         judge = frame["judge_score"].to_numpy(dtype=float)
         covs = self.covariate_matrix(frame)
         out = np.empty(len(frame))

@@ -27,7 +27,7 @@ import pandas as pd
 from arena_cje.cje.calibration import CrossFitCalibration
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset, suspect_logprob_rows
-from arena_cje.cje.folds import fold_of
+from arena_cje.cje.folds import prompt_hashes
 from arena_cje.cje.weights import (
     SimcalResult,
     WeightDiagnostics,
@@ -55,6 +55,7 @@ class FreshDraws:
         codes: Position of each draw's prompt in ``prompts``.
         prompts: The distinct prompts in order of first appearance (index named ``prompt_id``).
         counts: Number of draws of each prompt (aligned with ``prompts``).
+        folds: k(d) = crc32(prompt_id) mod K of each draw (``folds.py``).
         pred: f^(-k(d))(S_d), the cross-fitted calibrated prediction (None without a calibration).
         pred_k: K x n_draws matrix of f^(-k)(S_d), the OUA replicates (None without a calibration).
     """
@@ -66,6 +67,7 @@ class FreshDraws:
     codes: np.ndarray
     prompts: pd.Index
     counts: np.ndarray
+    folds: np.ndarray
     pred: np.ndarray | None = None
     pred_k: np.ndarray | None = None
 
@@ -132,6 +134,7 @@ class EstimationContext:
         self.K = config.n_folds
         self._weights: dict[str, PolicyWeights] = {}
         self._fresh: dict[str, FreshDraws] = {}
+        self._fresh_positions: dict[str, np.ndarray] = {}
         self.outputs: dict[tuple[str, str], EstimatorOutput] = {}
 
     @property
@@ -140,14 +143,19 @@ class EstimationContext:
         return self.config.oua and self.cal is not None and not self.cal.full_coverage
 
     @cached_property
+    def prompt_hashes(self) -> np.ndarray:
+        """crc32(prompt_id) of every logged row, hashed once for the folds and the jackknife groups."""
+        return prompt_hashes(self.prompt_ids)
+
+    @cached_property
     def folds(self) -> np.ndarray:
         """k(i) = crc32(prompt_id) mod K of every logged row."""
-        return fold_of(self.logged["prompt_id"], self.K)
+        return self.prompt_hashes % self.K
 
     @cached_property
     def rewards(self) -> np.ndarray:
         """R_i = f^(-k(i))(S_i) on the logged rows."""
-        return self.cal.predict_oof(self.logged)
+        return self.cal.predict_oof(self.logged, folds=self.folds)
 
     @cached_property
     def rewards_k(self) -> np.ndarray:
@@ -165,6 +173,48 @@ class EstimationContext:
         return self.logged["prompt_id"].to_numpy(dtype=object)
 
     @cached_property
+    def prompt_codes(self) -> tuple[np.ndarray, pd.Index]:
+        """``pd.factorize`` of the logged rows' prompt ids: (code of each row, the distinct prompts), hashed once."""
+        codes, uniq = pd.factorize(self.prompt_ids)
+        # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+        return codes, pd.Index(uniq, name="prompt_id", dtype=object)
+
+    def prompt_groups(self, rows: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+        """``pd.factorize(prompt_ids[rows])`` (codes, distinct prompts) from the codes hashed once.
+
+        Renumbering integer codes costs a fraction of hashing the ids again; when ``rows`` has every
+        prompt in first-appearance order the one shared Index comes back, so per-prompt
+        contributions of different estimators align without comparing ids (``Index.equals``).
+        """
+        codes, index = self.prompt_codes
+        local, first = pd.factorize(codes[rows])
+        if first.size == len(index) and bool(np.all(first == np.arange(first.size))):
+            return local, index
+        return local, index[first]
+
+    def _hashes_of(self, prompts: pd.Index) -> np.ndarray:
+        """crc32 of distinct prompt ids: looked up among the logged prompts (hashed once), hashed only when new."""
+        codes, index = self.prompt_codes
+        by_code = np.empty(len(index), dtype=np.int64)
+        by_code[codes] = self.prompt_hashes  # every row of a prompt has its prompt's hash
+        pos = index.get_indexer(prompts)
+        new = pos < 0
+        out = by_code[np.where(new, 0, pos)] if len(index) else np.zeros(len(prompts), dtype=np.int64)
+        if new.any():
+            out[new] = prompt_hashes(prompts[new])
+        return out
+
+    def fresh_positions(self, policy: str) -> np.ndarray | None:
+        """Position in ``fresh(policy).prompts`` of every logged row's prompt (-1: no draw); None without draws."""
+        f = self.fresh(policy)
+        if f is None:
+            return None
+        if policy not in self._fresh_positions:
+            codes, index = self.prompt_codes
+            self._fresh_positions[policy] = f.prompts.get_indexer(index)[codes]
+        return self._fresh_positions[policy]
+
+    @cached_property
     def judge(self) -> np.ndarray:
         """S_i on the logged rows."""
         return self.logged["judge_score"].to_numpy(dtype=float)
@@ -180,9 +230,12 @@ class EstimationContext:
     def _build_fresh(self, f: pd.DataFrame) -> FreshDraws:
         pid = f["prompt_id"].to_numpy(dtype=object)
         codes, uniq = pd.factorize(pid)
+        # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+        prompts = pd.Index(uniq, name="prompt_id", dtype=object)
+        folds = self._hashes_of(prompts)[codes] % self.K
         pred = pred_k = None
         if self.cal is not None:
-            pred = self.cal.predict_oof(f)
+            pred = self.cal.predict_oof(f, folds=folds)
             pred_k = np.vstack([self.cal.predict_fold(f, k) for k in range(self.K)])
         return FreshDraws(
             frame=f,
@@ -190,9 +243,9 @@ class EstimationContext:
             judge=f["judge_score"].to_numpy(dtype=float),
             label=f["oracle_label"].to_numpy(dtype=float),
             codes=codes,
-            # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
-            prompts=pd.Index(uniq, name="prompt_id", dtype=object),
+            prompts=prompts,
             counts=np.bincount(codes, minlength=len(uniq)).astype(float),
+            folds=folds,
             pred=pred,
             pred_k=pred_k,
         )

@@ -29,6 +29,7 @@ Calibrated-IPS influence values (``estimators.ips.calibrated_ips``) need the pro
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,17 +81,22 @@ def simplex_min_variance(cov: np.ndarray) -> np.ndarray:
     m = cov.shape[0]
     scale = float(np.trace(cov)) / m or 1.0
     c = cov / scale
-    res = minimize(
-        lambda b: b @ c @ b,
-        np.full(m, 1.0 / m),
-        jac=lambda b: 2 * c @ b,
-        bounds=[(0.0, 1.0)] * m,
-        constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
-        method="SLSQP",
-        options={"ftol": 1e-15, "maxiter": 500},  # candidates' variances differ in the 4th digit
-    )
+    with _SLSQP_LOCK:  # the calibrated-IPS jackknife refits SIMCal on threads; SLSQP is not documented thread-safe
+        res = minimize(
+            lambda b: b @ c @ b,
+            np.full(m, 1.0 / m),
+            jac=lambda b: 2 * c @ b,
+            bounds=[(0.0, 1.0)] * m,
+            constraints=[{"type": "eq", "fun": lambda b: b.sum() - 1.0, "jac": lambda b: np.ones(m)}],
+            method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 500},  # candidates' variances differ in the 4th digit
+        )
     b = np.clip(res.x, 0, None)
     return b / b.sum()
+
+
+#: Serialises SLSQP (a 2-3 dimensional problem: the lock costs nothing measurable).
+_SLSQP_LOCK = threading.Lock()
 
 
 #: Judge scores closer than this are one tie group (sklearn ``IsotonicRegression``'s rule).
@@ -128,10 +134,10 @@ class JudgeOrder:
         judge = np.asarray(judge, dtype=float)
         self._set(judge, np.argsort(judge, kind="stable"))
 
-    def _set(self, judge: np.ndarray, order: np.ndarray) -> None:
+    def _set(self, judge: np.ndarray, order: np.ndarray, x_sorted: np.ndarray | None = None) -> None:
         self.judge = judge
         self.order = order
-        self.x_sorted = judge[order]
+        self.x_sorted = judge[order] if x_sorted is None else x_sorted
         new = np.ones(judge.size, dtype=bool)
         np.greater_equal(np.diff(self.x_sorted), _TIE_EPS, out=new[1:])
         self.has_ties = not bool(new.all())
@@ -142,6 +148,18 @@ class JudgeOrder:
         position = np.cumsum(keep) - 1
         sub = object.__new__(JudgeOrder)
         sub._set(self.judge[keep], position[self.order[keep[self.order]]])
+        return sub
+
+    def sorted_subset(self, keep_sorted: np.ndarray) -> "JudgeOrder":
+        """The order of the rows ``keep_sorted`` (a boolean mask in SORTED order), indexed in sorted order.
+
+        The subset's rows are numbered as they come in sorted order, so its ``order`` is the
+        identity: callers that already hold their arrays in sorted order (the calibrated-IPS
+        jackknife) select with ``keep_sorted`` and never gather or scatter again.
+        """
+        x = self.x_sorted[keep_sorted]
+        sub = object.__new__(JudgeOrder)
+        sub._set(x, np.arange(x.size), x_sorted=x)
         return sub
 
     def fit(self, y_sorted: np.ndarray, train_sorted: np.ndarray | None, increasing: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,6 +228,10 @@ class SimcalResult:
         projections: The full-data monotone projections W^+ and W^- (``increasing``, ``decreasing``).
         fallback: Why beta is not the minimum-variance stack (empty when it is): the candidates'
             influence covariance was not finite, so beta = ``SIMCAL_FALLBACK_STACK``.
+        order: The judge ordering the fit used (``JudgeOrder``; None for the jackknife's refits).
+        oof_sorted: The out-of-fold fits (increasing, decreasing) of w on the judge score, in
+            ``order``'s sorted order and on w's scale, with the folds whose fit they hold (the
+            calibrated-IPS jackknife reuses the fold fits whose training rows a refit leaves intact).
     """
 
     weights: np.ndarray
@@ -218,6 +240,8 @@ class SimcalResult:
     var_before_blend: float
     projections: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     fallback: str = ""
+    order: "JudgeOrder | None" = field(default=None, repr=False)
+    oof_sorted: tuple[np.ndarray, np.ndarray, frozenset[int]] | None = field(default=None, repr=False)
 
 
 def _mean_one(c: np.ndarray) -> np.ndarray:
@@ -239,19 +263,46 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
         keep_projections: False when only the weights are needed (the jackknife's refits).
     """
     n = w.size
-    names = ["raw", "increasing", "decreasing"]
     order = JudgeOrder(judge) if order is None else order
     # Work in judge order (means, covariances and stacking do not depend on the row order); the
     # result is put back in the caller's order at the end.
-    ws, rs, fs = w[order.order], reward[order.order], folds[order.order]
+    res = simcal_sorted(w[order.order], reward[order.order], folds[order.order], var_cap, order)
+    back = np.empty(n, dtype=np.int64)
+    back[order.order] = np.arange(n)
+    res.weights = res.weights[back]
+    res.projections = {k: v[back] for k, v in res.projections.items()} if keep_projections else {}
+    res.order = order
+    return res
+
+
+def simcal_sorted(ws: np.ndarray, rs: np.ndarray, fs: np.ndarray, var_cap: float | None, order: JudgeOrder,
+                  known_oof: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> SimcalResult:
+    """``simcal_weights`` on rows already in ``order``'s sorted order; the result stays in that order.
+
+    Args:
+        ws, rs, fs: Mean-one raw weights, calibrated rewards and prompt folds, in sorted order.
+        var_cap: rho, or None for no blend.
+        order: The rows' judge ordering (``JudgeOrder.sorted_subset`` for a subset of sorted rows).
+        known_oof: fold k -> (increasing, decreasing) out-of-fold fits already known at fold k's
+            rows (arrays over all rows, read at fold k's rows): a refit whose training rows for
+            fold k are those of an earlier fit reuses that fit instead of refitting.
+    """
+    n = ws.size
+    names = ["raw", "increasing", "decreasing"]
     full = [ws, order.monotone(ws, True), order.monotone(ws, False)]
     full = [_mean_one(c) for c in full]
     oof = [ws, np.empty(n), np.empty(n)]
+    fitted: set[int] = set()
     for k in np.flatnonzero(np.bincount(fs)):  # the folds present (bincount: no sort)
         te = fs == k
         if n - te.sum() < 2:
             oof[1][te] = full[1][te]
             oof[2][te] = full[2][te]
+            continue
+        fitted.add(int(k))
+        if known_oof is not None and int(k) in known_oof:
+            up, down = known_oof[int(k)]
+            oof[1][te], oof[2][te] = up[te], down[te]
             continue
         oof[1][te], oof[2][te] = order.monotone_out_of_fold(ws, te)
     phis = []
@@ -274,12 +325,9 @@ def simcal_weights(w: np.ndarray, judge: np.ndarray, reward: np.ndarray, folds: 
     gamma = 1.0
     if var_cap is not None and v > var_cap:
         gamma = float(np.sqrt(var_cap / v))
-    back = np.empty(n, dtype=np.int64)
-    back[order.order] = np.arange(n)
-    out = (1.0 + gamma * (stacked - 1.0))[back]
-    projections = {"increasing": full[1][back], "decreasing": full[2][back]} if keep_projections else {}
-    return SimcalResult(weights=out, stack_weights=dict(zip(names, map(float, beta), strict=True)), blend_gamma=gamma,
-                        var_before_blend=v, projections=projections, fallback=fallback)
+    return SimcalResult(weights=1.0 + gamma * (stacked - 1.0), stack_weights=dict(zip(names, map(float, beta), strict=True)),
+                        blend_gamma=gamma, var_before_blend=v, projections={"increasing": full[1], "decreasing": full[2]},
+                        fallback=fallback, oof_sorted=(oof[1], oof[2], frozenset(fitted)))
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:

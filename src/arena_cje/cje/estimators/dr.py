@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit, logit
 
 from arena_cje.cje.calibration import make_calibrator
 from arena_cje.cje.context import EstimationContext, FreshDraws
 from arena_cje.cje.estimators.output import EstimatorOutput, prompt_sum, refused
-from arena_cje.cje.folds import fold_of
 
 #: TMLE searches the fluctuation eps in [-TMLE_EPS_BRACKET, TMLE_EPS_BRACKET] (logit scale).
 TMLE_EPS_BRACKET = 20.0
@@ -47,6 +47,7 @@ class DRRows:
         folds: Prompt fold k(i).
         fresh: The policy's fresh draws.
         reasons: Why the DR rows are incomplete or their weights suspect (reported as warnings).
+        groups: ``pd.factorize(prompt_ids)`` (``EstimationContext.prompt_groups``; None: factorized when needed).
     """
 
     rows: np.ndarray
@@ -60,6 +61,7 @@ class DRRows:
     folds: np.ndarray
     fresh: FreshDraws
     reasons: tuple[str, ...]
+    groups: tuple[np.ndarray, pd.Index] | None = None
 
     def g_hat(self, q_fresh: np.ndarray) -> np.ndarray:
         """g_hat(X_i) = mean of the outcome model over the fresh draws of row i's prompt."""
@@ -75,7 +77,7 @@ class DRRows:
     def output(self, ctx: EstimationContext, policy: str, name: str, phi: np.ndarray,
                reps: np.ndarray | None) -> EstimatorOutput:
         """The estimator output of row influence values ``phi`` (aggregated by prompt) and OUA replicates."""
-        psi = prompt_sum(self.prompt_ids, phi)
+        psi = prompt_sum(self.prompt_ids, phi, groups=self.groups)
         out = EstimatorOutput(policy, name, float(psi.mean()), psi, reps if ctx.use_oua else None,
                               oracle_n=int(self.labelled.sum()), uses_weights=True)
         out.warn(list(self.reasons))
@@ -91,7 +93,7 @@ def dr_rows(ctx: EstimationContext, policy: str, name: str) -> DRRows | Estimato
     if pw is None or pw.mask.sum() < 2 or not np.isfinite(pw.simcal).all():
         return refused(policy, name, "no target log-probs for this policy on the logged data")
     rows = np.flatnonzero(pw.mask)
-    fresh_index = f.prompts.get_indexer(ctx.prompt_ids[rows])
+    fresh_index = ctx.fresh_positions(policy)[rows]
     keep = fresh_index >= 0
     rows, fresh_index = rows[keep], fresh_index[keep]
     if rows.size < 2:
@@ -106,7 +108,8 @@ def dr_rows(ctx: EstimationContext, policy: str, name: str) -> DRRows | Estimato
     reasons.extend(ctx.logprob_reasons(pw))
     reasons.extend(pw.simcal_reasons)
     return DRRows(rows=rows, prompt_ids=ctx.prompt_ids[rows], fresh_index=fresh_index, w=w, y=y, labelled=lab,
-                  pi_l=lab.mean(), judge=ctx.judge[rows], folds=ctx.folds[rows], fresh=f, reasons=tuple(reasons))
+                  pi_l=lab.mean(), judge=ctx.judge[rows], folds=ctx.folds[rows], fresh=f, reasons=tuple(reasons),
+                  groups=ctx.prompt_groups(rows))
 
 
 def dr_cpo(ctx: EstimationContext, policy: str) -> EstimatorOutput:
@@ -156,7 +159,7 @@ def mrdr(ctx: EstimationContext, policy: str) -> EstimatorOutput:
 
     jl, yl, wl, fl = s.judge[lab], s.y[lab], s.w[lab] ** 2 + 1e-12, s.folds[lab]
     cl = sub(c_log, lab)
-    fresh_folds = fold_of(f.prompt_ids, ctx.K)
+    fresh_folds = f.folds
     models = []
     for k in range(ctx.K):
         tr = fl != k

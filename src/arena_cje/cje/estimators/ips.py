@@ -6,16 +6,20 @@ the weights and their diagnostics come from ``EstimationContext.weights`` (formu
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
 from arena_cje.cje.context import EstimationContext, PolicyWeights
 from arena_cje.cje.estimators.output import EstimatorOutput, prompt_sum, refused
-from arena_cje.cje.folds import fold_of
-from arena_cje.cje.weights import JudgeOrder, simcal_weights
+from arena_cje.cje.weights import JudgeOrder, simcal_sorted
 
 #: Number of prompt groups G of the grouped jackknife of calibrated IPS (``simcal_jackknife_variance``).
 SIMCAL_JACKKNIFE_GROUPS = 20
+#: Threads that run the jackknife's refits (the issue's target machine has two cores).
+JACKKNIFE_THREADS = 2
 
 
 def snips(ctx: EstimationContext, policy: str) -> EstimatorOutput:
@@ -76,21 +80,42 @@ def simcal_jackknife_variance(ctx: EstimationContext, pw: PolicyWeights, r: np.n
     Prompts are split into G = ``SIMCAL_JACKKNIFE_GROUPS`` groups by crc32(prompt_id) mod G;
     theta_(-g) recomputes the whole SIMCal fit without group g;
     V_JK = (G-1)/G sum_g (theta_(-g) - mean theta)^2 (NaN with fewer than two usable groups).
+
+    The refits run in the judge order of the full fit (one sort; theta is a ratio of sums, so the
+    row order does not matter), and a refit's out-of-fold projection for fold k is the full fit's
+    when group g lies inside fold k (its training rows, all folds but k, are then untouched; the
+    fit scales with w, so it is rescaled to the refit's mean-one weights).
     """
     m = pw.mask
-    grp = fold_of(ctx.prompt_ids[m], SIMCAL_JACKKNIFE_GROUPS)
-    judge = ctx.judge[m]
-    folds = ctx.folds[m]
-    order = JudgeOrder(judge)  # one sort serves all refits
-    thetas = []
-    for g in range(SIMCAL_JACKKNIFE_GROUPS):
-        keep = grp != g
-        if keep.sum() < 2 or keep.all():
-            continue
-        wk = pw.raw[keep] / pw.raw[keep].mean()
-        wj = simcal_weights(wk, judge[keep], r[keep], folds[keep], ctx.config.var_cap, order=order.subset(keep),
-                            keep_projections=False).weights
-        thetas.append(float(np.sum(wj * r[keep]) / np.sum(wj)))
+    fit = pw.simcal_fit
+    order = fit.order if fit is not None and fit.order is not None else JudgeOrder(ctx.judge[m])
+    ws_all = pw.raw[order.order]
+    rs_all = r[order.order]
+    fs_all = ctx.folds[m][order.order]
+    grp_all = ctx.prompt_hashes[m][order.order] % SIMCAL_JACKKNIFE_GROUPS
+    oof = fit.oof_sorted if fit is not None else None
+
+    def refit(g: int) -> float | None:
+        """theta_(-g), or None when dropping group g leaves fewer than two rows or drops none."""
+        keep = grp_all != g
+        n_keep = int(keep.sum())
+        if n_keep < 2 or n_keep == keep.size:
+            return None
+        ws = ws_all[keep]
+        scale = ws.mean()
+        ws = ws / scale
+        rs, fs = rs_all[keep], fs_all[keep]
+        known = None
+        dropped_folds = np.unique(fs_all[~keep])
+        if oof is not None and dropped_folds.size == 1 and int(dropped_folds[0]) in oof[2]:
+            up, down, _ = oof
+            known = {int(dropped_folds[0]): (up[keep] / scale, down[keep] / scale)}
+        wj = simcal_sorted(ws, rs, fs, ctx.config.var_cap, order.sorted_subset(keep), known_oof=known).weights
+        return float(np.sum(wj * rs) / np.sum(wj))
+
+    # The refits are independent and their isotonic fits and array work release the GIL.
+    with ThreadPoolExecutor(max_workers=min(JACKKNIFE_THREADS, os.cpu_count() or 1)) as pool:
+        thetas = [t for t in pool.map(refit, range(SIMCAL_JACKKNIFE_GROUPS)) if t is not None]
     t = np.asarray(thetas)
     if t.size < 2:
         return float("nan")
@@ -112,7 +137,7 @@ def _ips(ctx: EstimationContext, policy: str, name: str, simcal: bool) -> Estima
     phi = wn * (r - theta) + theta
     if simcal:
         phi = phi + projection_correction(pw, ctx.judge[m], r, theta)
-    psi = prompt_sum(ctx.prompt_ids[m], phi)
+    psi = prompt_sum(None, phi, groups=ctx.prompt_groups(m))
     reps = np.array([np.sum(w * rk[m]) / np.sum(w) for rk in ctx.rewards_k]) if ctx.use_oua else None
     out = EstimatorOutput(policy, name, theta, psi, reps, oracle_n=ctx.cal.diagnostics.n_labelled, uses_weights=True)
     if simcal and pw.diagnostics.ess_raw < 0.999:  # unit weights: SIMCal is the identity

@@ -69,9 +69,17 @@ def refused(policy: str, name: str, reason: str) -> EstimatorOutput:
     return EstimatorOutput(policy, name, float("nan"), pd.Series(dtype=float), reasons=[reason], refused=True)
 
 
-def prompt_sum(prompt_ids: np.ndarray, phi: np.ndarray) -> pd.Series:
-    """psi_g = (G/n) sum_{i in g} phi_i, indexed by prompt_id (module docstring)."""
-    codes, uniq = pd.factorize(prompt_ids)
-    s = np.bincount(codes, weights=phi, minlength=len(uniq))
-    # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
-    return pd.Series(s * len(uniq) / len(phi), index=pd.Index(uniq, name="prompt_id", dtype=object))
+def prompt_sum(prompt_ids: np.ndarray | None, phi: np.ndarray,
+               groups: tuple[np.ndarray, pd.Index] | None = None) -> pd.Series:
+    """psi_g = (G/n) sum_{i in g} phi_i, indexed by prompt_id (module docstring).
+
+    ``groups``: ``pd.factorize(prompt_ids)`` as (codes, distinct prompts) when the caller already
+    has it (``EstimationContext.prompt_groups``); ``prompt_ids`` is then not read.
+    """
+    if groups is None:
+        codes, uniq = pd.factorize(prompt_ids)
+        # dtype=object: an Arrow string index (pandas' default) copies every id; object shares them
+        groups = codes, pd.Index(uniq, name="prompt_id", dtype=object)
+    codes, index = groups
+    s = np.bincount(codes, weights=phi, minlength=len(index))
+    return pd.Series(s * len(index) / len(phi), index=index)
