@@ -95,7 +95,7 @@ def test_arena_slice_in_memory_reports_every_filter(parameters):
 
 
 def test_kedro_run_data_prep_on_a_local_arena_export(tmp_path):
-    """`kedro run --pipeline data_prep --params prompts.source=arena_local` (in-process)."""
+    """`kedro run --pipelines data_prep --params prompts.source=arena_local` (in-process)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
