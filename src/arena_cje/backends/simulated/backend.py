@@ -244,7 +244,7 @@ class SimulatedBackend:
         return out
 
     # ------------------------------------------------------------------ quality, judge, raters
-    def _stats(self, prompts: list[str], responses: list[str]):
+    def _stats(self, prompts: list[str], responses: list[str], with_hidden: bool = True):
         splits = [r.split() for r in responses]
         tm = max([len(s) for s in splits] + [1])
         tokens = np.full((len(splits), tm), -1, dtype=np.int64)
@@ -254,7 +254,7 @@ class SimulatedBackend:
         pfs = [self.features(p) for p in prompts]
         topics = np.array([pf.topic for pf in pfs], dtype=np.int64)
         diff = np.array([pf.difficulty for pf in pfs])
-        hidden = self.hidden_quality_sd * self.world.hidden_quality(tokens, length)
+        hidden = self.hidden_quality_sd * self.world.hidden_quality(tokens, length) if with_hidden else None
         return text_stats(tokens, length, topics), diff, hidden
 
     def true_quality_batch(self, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -283,7 +283,7 @@ class SimulatedBackend:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        st, difficulty, _ = self._stats(prompts, responses)  # the judge cannot see the hidden quality
+        st, difficulty, _ = self._stats(prompts, responses, with_hidden=False)  # the judge cannot see it
         u = np.array([hash_unit(self.seed, "judge", p, r) for p, r in zip(prompts, responses, strict=True)])
         noise = self.judge_noise_sd * norm.ppf(u)
         lo, hi = judge.scale
