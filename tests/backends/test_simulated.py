@@ -252,3 +252,20 @@ def test_real_arena_prompts_work(arena_sample):
     tf = b.teacher_force_batch(texts, [g.text for g in gens], PI_0)
     assert all(g.logprob == t.logprob for g, t in zip(gens, tf, strict=True))
     assert len({prompt_features(t).topic for t in texts}) > 3
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3])
+def test_hidden_quality_few_rows_python_path_equals_vectorised(seed, monkeypatch):
+    """The word-by-word Python hash used for a rater's single item is bitwise the numpy column loop."""
+    import arena_cje.backends.simulated.world as world
+
+    rng = np.random.default_rng(seed % 1000)
+    model = world.WorldModel(seed=seed)
+    for rows in (1, 2, world._FEW_ROWS):
+        tokens = rng.integers(-1, world.N_WORDS + 1, size=(rows, 40))
+        length = rng.integers(0, 41, size=rows)
+        few = model.hidden_quality(tokens, length)
+        monkeypatch.setattr(world, "_FEW_ROWS", -1)
+        vectorised = model.hidden_quality(tokens, length)
+        monkeypatch.setattr(world, "_FEW_ROWS", 4)
+        assert np.array_equal(few, vectorised)

@@ -197,6 +197,25 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _mix64_py(x: int) -> int:
+    """``_mix64`` of one integer in exact Python arithmetic (bitwise the numpy version)."""
+    z = (x + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+_FEW_ROWS = 4  # up to this many rows, ``hidden_quality`` hashes word by word in Python
+
+
+def _hash_words_py(seed: int, words: list[int]) -> int:
+    """The 64-bit hash ``hidden_quality`` builds for one row of word ids (negative ids: ``OOV_ID``)."""
+    acc = (seed & _MASK64) ^ 0x41DD3
+    for w in words:
+        acc = _mix64_py(acc ^ (w if w >= 0 else OOV_ID))
+    return acc
+
+
 def to_uint64(values: object) -> np.ndarray:
     """Integers of any sign (an int, a list of ints or an integer array) reduced mod 2^64, as uint64.
 
@@ -296,6 +315,10 @@ class WorldModel:
             length: (B,) words per row.
         """
         Tm = tokens.shape[1]
+        if tokens.shape[0] <= _FEW_ROWS:  # one rater's item: Python ints beat a numpy call per word
+            acc = np.array([_hash_words_py(self.seed, tokens[i, : int(length[i])].tolist())
+                            for i in range(tokens.shape[0])], dtype=np.uint64)
+            return ndtri(((acc >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53)))
         acc = np.full(tokens.shape[0], np.uint64(self.seed) ^ np.uint64(0x41DD3), dtype=np.uint64)
         rows = np.arange(tokens.shape[0])
         for j in range(Tm):
