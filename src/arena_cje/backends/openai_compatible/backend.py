@@ -6,20 +6,19 @@
 * Teacher forcing: ``POST {base_url}/completions`` with ``echo=True``, ``max_tokens=0`` and
   ``logprobs=k`` on the conversation written with the model family's chat template
   (:mod:`arena_cje.backends.templates`), the end-of-turn marker appended only when the reply ended
-  (``ended``; a reply cut at ``max_tokens`` never produced it). The response's tokens are located
-  in the echo by their text (:mod:`.echo`) and rescaled to the policy's temperature with an error
-  bound (:mod:`.temperature`). llama.cpp's server rejects ``echo`` ("Only no echo is supported"):
+  (``ended``; a reply cut at ``max_tokens`` never produced it), scored by :mod:`.forcing` (the
+  response's tokens located in the echo by their text, :mod:`.echo`, and rescaled to the policy's
+  temperature with an error bound, :mod:`.temperature`). llama.cpp's server rejects ``echo``:
   that is a :class:`~arena_cje.backends.openai_compatible.errors.ConfigurationError` saying it
   cannot teacher-force.
 * Judging: ``POST {base_url}/chat/completions`` with the rubric as system message, T=0, the score
   parsed from JSON with a tolerant fallback; with ``judge_response_format: json_schema`` the
   server's structured output (vLLM, Fireworks) forces ``{"score": <0..1>, ...}``.
 
-Faults and retries: :mod:`.errors`. API key, rate limit and budget cap: :mod:`.access`.
-
-Cost. Token counts come from the reply's ``usage``; a provider that omits it is charged the
-tokenizer-free pre-request estimate (``usage["usage_estimated"] = 1``), so the budget cap still
-holds.
+The request layer (session, rate limit, retries, error classification): :mod:`.client`; the
+errors: :mod:`.errors`; the batch engine (thread pool, request record, budget): :mod:`.batch`;
+prices and token accounting: :mod:`.cost`; API key, rate limiter and budget cap: :mod:`.access`;
+the self-check: :mod:`.self_check`.
 """
 
 from __future__ import annotations
@@ -38,10 +37,11 @@ from arena_cje.backends.openai_compatible.access import resolve_api_key
 from arena_cje.backends.openai_compatible.batch import BatchRunner, Call
 from arena_cje.backends.openai_compatible.client import HTTPClient
 from arena_cje.backends.openai_compatible.cost import CostMeter
-from arena_cje.backends.openai_compatible.echo import _common_prefix, _Echo, _parse_echo, locate_span
+from arena_cje.backends.openai_compatible.forcing import EchoScorer
+from arena_cje.backends.openai_compatible.echo import locate_span
 from arena_cje.backends.openai_compatible.errors import MalformedResponseError
 from arena_cje.backends.openai_compatible.self_check import CheckReport, run_self_check
-from arena_cje.backends.openai_compatible.temperature import _finite, _top_complete, rescale_logprob
+from arena_cje.backends.openai_compatible.temperature import _finite
 from arena_cje.backends.store import DONE, FAILED, RequestStore, make_key, sha256
 from arena_cje.backends.templates import ChatTemplate, get_template
 
@@ -167,6 +167,8 @@ class OpenAICompatibleBackend:
                                   max_retries, backoff_initial, backoff_max)
         self.store = RequestStore(store_path) if store_path else None
         self._meter = CostMeter(prices, budget_usd, self.store.total_cost() if self.store else 0.0)
+        self._scorer = EchoScorer(self._client, self._meter, self.template, self.with_bos, self.top_k, self.vocab_size,
+                                  self.echo_applies_temperature, self.echo_token_ids)
         self._runner = BatchRunner(self.store, self._meter.budget, self._client.scrub, self.concurrency,
                                    self._client.max_retries, self.progress)
         if budget_usd is not None and not self._meter.prices:
@@ -270,117 +272,10 @@ class OpenAICompatibleBackend:
 
     # ---------------------------------------------------------------- teacher forcing
 
-    def _echo(self, text: str, policy: PolicySpec, usage: dict[str, float]) -> tuple[_Echo, int, int, float]:
-        """One echo call of ``text``; returns the verified echo, tokens counted and cost.
-
-        Raises:
-            MalformedResponseError: the reply holds no echoed log-probs, or they do not spell ``text``.
-        """
-        body = {
-            "model": policy.model,
-            "prompt": text,
-            "echo": True,
-            "max_tokens": 0,
-            "logprobs": max(1, self.top_k),
-            "temperature": policy.temperature,
-            "top_p": 1.0,
-        }
-        data, attempts = self._client.post("/completions", body)
-        usage["attempts"] = usage.get("attempts", 0.0) + attempts
-        pt, ct, cost = self._meter.account(policy.model, data, len(text), 0, usage)
-        return _parse_echo(data, text), pt, ct, cost
-
-    def _scored(self, echo: _Echo, start: int, temperature: float) -> tuple[float, float, list[float]]:
-        """Sum of (rescaled) log-probs of tokens ``start..end``; returns (sum, bound, raw per-token)."""
-        tokens, values, tops = echo.tokens, echo.values, echo.tops
-        rescale = temperature != 1.0 and not self.echo_applies_temperature
-        total, bound, raw = 0.0, 0.0, []
-        if start >= len(tokens):
-            raise ValueError("nothing to score: the span holds no token")
-        for i in range(start, len(tokens)):
-            value = values[i]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"token {i} ({tokens[i]!r}) has no finite log-prob: {value!r}")
-            raw.append(float(value))
-            if rescale:
-                top = tops[i] if i < len(tops) and isinstance(tops[i], Mapping) else None
-                name = echo.raw[i] if echo.raw else tokens[i]
-                estimate, half = rescale_logprob(float(value), name, top, temperature, self.vocab_size,
-                                                 complete=_top_complete(top, self.top_k))
-                total, bound = total + estimate, bound + half
-            else:
-                total += float(value)
-        return total, bound, raw
-
-    def _forced(self, prompt: str, response: str, policy: PolicySpec, ended: bool,
-                usage: dict[str, float]) -> tuple[float, float, int, list[float], int, int, float]:
-        """Teacher-force one reply: ``(logprob, bound, n_tokens, raw per-token, pt, ct, cost)``.
-
-        Raises:
-            ValueError: nothing to score or a token without a finite log-prob.
-            MalformedResponseError: the echo is missing or does not spell the text sent.
-        """
-        full, start, _ = self.template.render(prompt, response, policy.system_prompt, self.with_bos, ended)
-        if start == len(full):
-            raise ValueError("nothing to score: empty response cut at max_tokens (no end of turn)")
-        echo, pt, ct, cost = self._echo(full, policy, usage)
-        first = locate_span(echo.tokens, full, start, echo.first)
-        if first is not None:
-            usage["two_call"] = 0.0
-            if self._needs_id_echo(echo, first, policy.temperature):
-                echo, pt2, ct2, cost2 = self._id_echo(full, policy, usage, echo)
-                pt, ct, cost = pt + pt2, ct + ct2, cost + cost2
-            logprob, bound, raw = self._scored(echo, first, policy.temperature)
-            return logprob, bound, len(echo.tokens) - first, raw, pt, ct, cost
-        # The boundary falls inside a token: difference of the two texts' totals over the tokens
-        # after their common prefix (identical contexts give identical log-probs).
-        usage["two_call"] = 1.0
-        head, pt2, ct2, cost2 = self._echo(full[:start], policy, usage)
-        # The first token of a text has no log-prob; after a server-added BOS it has one.
-        common = max(echo.first, 1, _common_prefix(echo, head))
-        total_full, bound_full, raw = self._scored(echo, common, policy.temperature)
-        total_head, bound_head, _ = (0.0, 0.0, []) if common >= len(head.tokens) else self._scored(head, common, policy.temperature)
-        return (total_full - total_head, bound_full + bound_head, len(echo.tokens) - common, raw,
-                pt + pt2, ct + ct2, cost + cost2)
-
-    def _needs_id_echo(self, echo: _Echo, first: int, temperature: float) -> bool:
-        """Is a second echo keyed by token ids worth sending (``echo_token_ids`` and lossy top-k)?"""
-        if not self.echo_token_ids or temperature == 1.0 or self.echo_applies_temperature:
-            return False
-        return any(not _top_complete(top if isinstance(top, Mapping) else None, self.top_k) for top in echo.tops[first:])
-
-    def _id_echo(self, text: str, policy: PolicySpec, usage: dict[str, float], text_echo: _Echo) -> tuple[_Echo, int, int, float]:
-        """The same echo with tokens and top-k keyed by token id (vLLM's ``return_tokens_as_token_ids``).
-
-        Positions come from the text echo (already verified to spell the text); the id echo must
-        have as many tokens and the same log-probs, otherwise it is not the same tokenisation.
-
-        Raises:
-            MalformedResponseError: the id echo does not line up with the text echo.
-        """
-        body = {"model": policy.model, "prompt": text, "echo": True, "max_tokens": 0, "logprobs": max(1, self.top_k),
-                "temperature": policy.temperature, "top_p": 1.0, "return_tokens_as_token_ids": True}
-        data, attempts = self._client.post("/completions", body)
-        usage["attempts"] = usage.get("attempts", 0.0) + attempts
-        usage["id_echo"] = 1.0
-        pt, ct, cost = self._meter.account(policy.model, data, len(text), 0, usage)
-        try:
-            block = data["choices"][0]["logprobs"]
-            ids, values, tops = block["tokens"], block["token_logprobs"], block["top_logprobs"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise MalformedResponseError(f"echo with token ids: no logprobs block ({type(exc).__name__})") from None
-        same = len(ids) == len(text_echo.tokens) and all(
-            (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-6)
-            for a, b in zip(values, text_echo.values)
-        )
-        if not same:
-            raise MalformedResponseError("echo with token ids does not line up with the text echo (different tokenisation)")
-        return _Echo(text_echo.tokens, list(values), list(tops), text_echo.first, list(ids)), pt, ct, cost
-
     def _teacher_force_call(self, prompt: str, response: str, policy: PolicySpec, ended: bool) -> Call:
         usage: dict[str, float] = {"ended": float(ended)}
         try:
-            logprob, bound, n_tokens, _, pt, ct, cost = self._forced(prompt, response, policy, ended, usage)
+            logprob, bound, n_tokens, _, pt, ct, cost = self._scorer.forced(prompt, response, policy, ended, usage)
         except MalformedResponseError as exc:
             error = f"teacher forcing failed: {self._client.scrub(str(exc))}"
             pt, ct, cost = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), usage.get("cost_usd", 0.0)
@@ -432,7 +327,7 @@ class OpenAICompatibleBackend:
         usage: dict[str, float] = {}
         full, start, _ = self.template.render(prompt, response, policy.system_prompt, self.with_bos, ended)
         try:
-            echo, pt, ct, cost = self._echo(full, policy, usage)
+            echo, pt, ct, cost = self._scorer.echo(full, policy, usage)
         except MalformedResponseError as exc:
             return Call(EchoRepeat(None, error=self._client.scrub(str(exc)), usage=usage), FAILED)
         first = locate_span(echo.tokens, full, start, echo.first)

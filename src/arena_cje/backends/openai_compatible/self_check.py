@@ -89,7 +89,7 @@ def run_self_check(backend: OpenAICompatibleBackend, policy: PolicySpec, prompts
             continue
         ended = not gen.usage.get("truncated")
         try:
-            _, _, _, raw, *_ = backend._forced(prompt, gen.text, t1, ended, {})
+            _, _, _, raw, *_ = backend._scorer.forced(prompt, gen.text, t1, ended, {})
         except ConfigurationError as exc:
             return CheckReport(policy.name, policy.model, "ERROR", [str(exc)])
         except (MalformedResponseError, *_RETRYABLE) as exc:
@@ -146,7 +146,7 @@ def chat_includes_eot(gen: Generation, n_generated: int, n_forced: int) -> bool 
 
 
 def _echo_rows(backend: OpenAICompatibleBackend, text: str, policy: PolicySpec) -> _Echo:
-    return backend._echo(text, policy, {})[0]
+    return backend._scorer.echo(text, policy, {})[0]
 
 
 def check_echo_noise(backend: OpenAICompatibleBackend, t1: PolicySpec, prompt: str, gen: Generation, report: CheckReport) -> None:
