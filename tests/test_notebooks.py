@@ -101,17 +101,17 @@ def n_images(cells: list[dict]) -> int:
 def test_explore_run_notebook_executes_and_prints_the_what_if(run_project):
     cells = execute(run_project / "notebooks" / "explore_run.ipynb")
     assert n_images(cells) == 2, "the forest and calibration plots are each shown once"
-    # The what-if prints, per policy, the realised half-widths and the planner's prediction side by side.
+    # The what-if prints, per policy, the realised half-widths and the cost planner's prediction side by side.
     title, header, index_names, *rows = text_of(cells[-1]).strip().splitlines()
     assert title.startswith("half of the oracle labels")
-    assert header.split() == ["oracle_n_now", "half_width_now", "oracle_n", "half_width_realised",
+    assert header.split() == ["labels_now", "half_width_now", "labels", "probe_labels", "half_width_realised",
                               "half_width_predicted", "realised_over_predicted"]
     assert index_names.split() == ["policy", "estimator"]
     table = {r.split()[0]: [float(x) for x in r.split()[2:]] for r in rows}
     assert set(table) == POLICIES, rows
-    for policy, (m0, now, m, realised, predicted, ratio) in table.items():
+    for policy, (m0, now, m, p, realised, predicted, ratio) in table.items():
         assert abs(m - m0 / 2) <= 0.15 * m0, (policy, m0, m)  # half the labels
-        assert now > 0 and realised > 0 and predicted > 0
+        assert now > 0 and realised > 0 and predicted > 0 and p >= 0
         assert ratio == pytest.approx(realised / predicted, rel=0.05)
 
 

@@ -101,8 +101,9 @@ def resolve_datasets(names, catalog: dict) -> dict[str, tuple[dict, str | None]]
     return resolved
 
 
-#: Datasets that are not persisted: the run's identity (RunProvenanceHook) and two within-run hand-overs of labeling.
-IN_MEMORY = {"kedro_run", "crowd_ratings_fingerprint", "labeling_import_report"}
+#: Datasets that are not persisted: two within-run hand-overs of labeling (the run's identity, ``kedro_run``, is
+#: a declared MemoryDataset with an empty default, so a run without RunProvenanceHook does not fail).
+IN_MEMORY = {"crowd_ratings_fingerprint", "labeling_import_report"}
 
 
 def test_every_catalog_entry_and_factory_is_used_by_a_pipeline():

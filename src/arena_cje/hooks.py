@@ -136,7 +136,8 @@ class RunProvenanceHook:
 
     Stateless: the identity (``run_id`` = the session id, env, pipelines, runtime parameters; see
     :func:`arena_cje.provenance.run_identity`) goes into this run's catalog, so nothing carries
-    over to the next run or session in the same process.
+    over to the next run or session in the same process. Without this hook the catalog's default
+    (an empty ``kedro_run``) is read and the results say there was no Kedro run id.
     """
 
     INPUT = "kedro_run"
@@ -144,7 +145,10 @@ class RunProvenanceHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if self.INPUT in pipeline.inputs():
-            catalog[self.INPUT] = run_identity(run_params)
+            if self.INPUT in catalog:  # the catalog's empty default: filled in place (no "Replacing dataset")
+                catalog.save(self.INPUT, run_identity(run_params))
+            else:
+                catalog[self.INPUT] = run_identity(run_params)
 
 
 class RunSummaryHook:

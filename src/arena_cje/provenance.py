@@ -30,6 +30,8 @@ RUN_KEYS = ("run_id", "env", "kedro_version", "pipeline_names", "runtime_params"
 RUN_FILTERS = ("tags", "node_names", "namespaces", "from_nodes", "to_nodes", "from_inputs", "to_outputs")
 
 SCHEMA = "arena_cje.results/1"
+#: What ``results.json`` says of a run whose identity was not given (no RunProvenanceHook).
+NO_RUN_ID = "no Kedro run id: the pipeline ran without the project's RunProvenanceHook"
 
 
 def frame_sha256(frame: pd.DataFrame) -> str:
@@ -102,7 +104,8 @@ def results_record(
         config: The settings the estimates were made with (``EstimationResult.config``).
         parameters: The parameter blocks the estimation read, as configured.
         inputs: Fingerprints of the input datasets, by dataset name.
-        run: The run's identity (:func:`run_identity`).
+        run: The run's identity (:func:`run_identity`); empty (no ``run_id``) when the pipeline ran
+            without the project's hooks, which the record says (``run.note``).
 
     Returns:
         A JSON-able dict (missing numbers are ``null``).
@@ -110,7 +113,7 @@ def results_record(
     return {
         "schema": SCHEMA,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run": dict(run),
+        "run": dict(run) if run.get("run_id") else {**run, "run_id": None, "note": NO_RUN_ID},
         "packages": {**package_versions(), "python": platform.python_version()},
         "configuration": {
             "estimation_config": to_plain(asdict(config)) if is_dataclass(config) else None,

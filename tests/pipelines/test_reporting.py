@@ -6,6 +6,7 @@ on a small layout in the reference format read through the ``cje_import`` enviro
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -154,3 +155,34 @@ def test_the_provenance_hook_gives_each_run_its_own_identity():
     common = {"env": "local", "kedro_version": "1.7.0", "pipeline_names": None, "runtime_params": None,
               "node_names": ["record"]}  # an empty filter (tags) is left out
     assert seen == [{"run_id": "2026-01-01T00.00.00.000Z", **common}, {"run_id": "2026-01-01T00.00.01.000Z", **common}]
+
+
+def test_a_run_without_the_provenance_hook_records_no_run_id(caplog):
+    """Without RunProvenanceHook the catalog's empty ``kedro_run`` is read: the run does not fail, the
+    results say there was no run id; with the hook the same catalog entry is filled in place."""
+    from kedro.io import DataCatalog
+    from kedro.pipeline import Pipeline, node
+    from kedro.runner import SequentialRunner
+
+    from arena_cje.hooks import RunProvenanceHook
+    from arena_cje.provenance import NO_RUN_ID, results_record
+
+    from ..test_project import catalog_config
+
+    def record(run):
+        return results_record(tables={}, config=None, parameters={}, inputs={}, run=run)["run"]
+
+    pipeline = Pipeline([node(record, "kedro_run", "record", name="record")])
+    entry = {"kedro_run": catalog_config()["kedro_run"]}
+
+    catalog = DataCatalog.from_config(entry)
+    SequentialRunner().run(pipeline, catalog)  # no hook: must not fail on a missing input
+    assert catalog.load("record") == {"run_id": None, "note": NO_RUN_ID}
+
+    catalog = DataCatalog.from_config(entry)
+    with caplog.at_level(logging.WARNING):
+        RunProvenanceHook().before_pipeline_run({"run_id": "2026-01-01T00.00.00.000Z"}, pipeline, catalog)
+    SequentialRunner().run(pipeline, catalog)
+    seen = catalog.load("record")
+    assert seen["run_id"] == "2026-01-01T00.00.00.000Z" and "note" not in seen
+    assert "Replacing dataset" not in caplog.text

@@ -11,8 +11,6 @@ from arena_cje.report import (
     compare_half_widths,
     largest_weights,
     logged_texts,
-    plan_label_budget,
-    predicted_half_width,
     thin_oracle_labels,
     worst_calibrated,
 )
@@ -84,30 +82,31 @@ def test_logged_texts_refuses_ambiguous_prompts():
         logged_texts(logged)
 
 
-def test_planner_prediction_inverts_the_label_budget():
-    """The half-width predicted at m labels is the one the budget planner solves for (same model)."""
-    v_if, v_oua, m0 = 1e-4, 3e-4, 100
-    est = pd.DataFrame([{"policy": "p", "estimator": "direct", "oracle_n": m0, "status": "ok",
-                         "var_if": v_if, "var_oua": v_oua}])
-    for m in (150, 400):
-        h = predicted_half_width(v_if, v_oua, m0, m)
-        plan = plan_label_budget(est, target_half_widths=(h * (1 + 1e-9),))
-        assert int(plan["labels_needed"].iloc[0]) == m
-    assert predicted_half_width(v_if, v_oua, m0, m0) == pytest.approx(plan["half_width_now"].iloc[0])
+def test_compare_half_widths_predicts_with_the_cost_planner_and_skips_refused_rows(world):
+    """The prediction is the cost planner's variance model fitted to the run, evaluated at the re-estimate's
+    prompts and label counts; rows either estimate refused and rows without labels are left out."""
+    from arena_cje.cje.planning import Comparison, fit_variance_model
 
-
-def test_compare_half_widths_skips_refused_and_uncalibrated_rows():
-    row = {"policy": "p", "estimate": 0.5, "ci_lower": 0.4, "ci_upper": 0.6, "var_if": 1e-3, "var_oua": 1e-3,
-           "level_source": "borrowed"}
-    now = pd.DataFrame([{**row, "estimator": "direct", "oracle_n": 100, "status": "ok"},
-                        {**row, "estimator": "naive", "oracle_n": 0, "status": "warning"},
-                        {**row, "estimator": "snips", "oracle_n": 100, "status": "ok"}])
-    what_if = now.assign(oracle_n=[50, 0, 50], status=["ok", "warning", "refused"], ci_lower=0.3, ci_upper=0.7)
+    _, data = world
+    config = EstimationConfig.from_params({"estimators": ["naive", "direct", "calibrated_ips"]})
+    now = estimate_policies(data, config)
+    what_if = estimate_policies(thin_oracle_labels(data, 0.5, seed=3), config)
+    refused = what_if.estimates["status"] == "refused"
+    what_if.estimates.loc[what_if.estimates["estimator"] == "calibrated_ips", "status"] = "refused"
     cmp = compare_half_widths(now, what_if)
-    assert cmp["estimator"].tolist() == ["direct"]
-    r = cmp.iloc[0]
-    assert r["half_width_now"] == pytest.approx(0.1) and r["half_width_realised"] == pytest.approx(0.2)
-    assert r["half_width_predicted"] == pytest.approx(predicted_half_width(1e-3, 1e-3, 100, 50))
+    assert set(cmp["estimator"]) == {"direct"}  # naive uses no labels; calibrated_ips refused here
+    direct_ok = what_if.estimates.loc[~refused & (what_if.estimates["estimator"] == "direct"), "policy"]
+    assert len(cmp) and set(cmp["policy"]) <= set(direct_ok)
+    assert (cmp["labels_now"] == now.calibration.n_labelled).all()
+    assert (cmp["labels"] == what_if.calibration.n_labelled).all() and what_if.calibration.n_labelled < now.calibration.n_labelled
+    for r in cmp.itertuples():
+        terms = fit_variance_model(now, comparisons=[Comparison(r.policy)], estimators=["direct"]).get(r.policy, "direct")
+        n = int(what_if.estimates.query("policy == @r.policy and estimator == 'direct'")["n"].iloc[0])
+        assert r.half_width_predicted == pytest.approx(terms.half_width(n, r.labels, r.probe_labels, config.alpha))
+        assert r.probe_labels == (what_if.transport[r.policy].n_probe if terms.probe_mode != "none" else 0)
+        assert r.realised_over_predicted == pytest.approx(r.half_width_realised / r.half_width_predicted)
+    only = compare_half_widths(now, what_if, speaking=pd.DataFrame({"policy": ["pi_hot"], "estimator": ["direct"]}))
+    assert only[["policy", "estimator"]].values.tolist() == [["pi_hot", "direct"]]
 
 
 @pytest.mark.slow
@@ -117,10 +116,13 @@ def test_half_the_labels_widens_the_calibrated_intervals():
     d = simulate(n=1000, oracle_fraction=0.1, seed=5, targets=("pi_hot", "pi_better"))
     data = CJEDataset.from_frames(d.logged, fresh_draws=d.fresh)
     config = EstimationConfig.from_params({"estimators": ["naive", "direct", "calibrated_ips"], "transport_rule": "refuse"})
-    now = estimate_policies(data, config).estimates
-    runs = pd.concat([compare_half_widths(now, estimate_policies(thin_oracle_labels(data, 0.5, seed=s), config).estimates)
+    now = estimate_policies(data, config)
+    runs = pd.concat([compare_half_widths(now, estimate_policies(thin_oracle_labels(data, 0.5, seed=s), config))
                       for s in range(3)])
     mean = runs.groupby(["policy", "estimator"]).mean(numeric_only=True)
     assert set(mean.index.get_level_values("estimator")) == {"direct", "calibrated_ips"}  # naive uses no labels
-    assert np.allclose(mean["oracle_n"], mean["oracle_n_now"] / 2, atol=1)
+    assert np.allclose(mean["labels"], mean["labels_now"] / 2, atol=1)
     assert (mean["half_width_realised"] > mean["half_width_now"]).all(), mean
+    # The cost planner's prediction for half the labels is in the realised width's range (docs/planning.md:
+    # realised / predicted 1.09-1.17 with one pilot; the first, label-only planner was off by up to 1.6).
+    assert mean["realised_over_predicted"].between(0.7, 1.4).all(), mean

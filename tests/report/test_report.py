@@ -6,14 +6,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.report import (
     SECTION_IDS,
     build_report,
     differences_vs_baseline,
-    plan_label_budget,
     plot_calibration,
     plot_differences,
     plot_forest,
@@ -65,21 +63,6 @@ def test_differences_are_oriented_against_the_baseline():
     assert list(out.index) == ["pi_a", "pi_b"]
     assert out.loc["pi_a", ["estimate", "ci_lower", "ci_upper"]].tolist() == pytest.approx([0.10, 0.06, 0.15])
     assert out.loc["pi_b", ["estimate", "ci_lower", "ci_upper"]].tolist() == pytest.approx([0.03, 0.01, 0.05])
-
-
-def test_label_budget_solves_the_variance_formula():
-    z = stats.norm.ppf(0.975)
-    v_if, v_oua, m0 = 1e-4, 3e-4, 100
-    est = pd.DataFrame([{"policy": "p", "estimator": "direct", "oracle_n": m0, "status": "ok",
-                         "var_if": v_if, "var_oua": v_oua}])
-    plan = plan_label_budget(est, target_half_widths=(0.05, 0.03, 0.019)).set_index("target_half_width")
-    half = lambda m: z * np.sqrt(v_if + v_oua * m0 / m)  # noqa: E731
-    assert plan.loc[0.05, "note"] == "already reached" and plan.loc[0.05, "additional_labels"] == 0
-    m = int(plan.loc[0.03, "labels_needed"])
-    assert half(m) <= 0.03 < half(m - 1)  # the smallest label count that reaches the target
-    assert plan.loc[0.03, "additional_labels"] == m - m0
-    assert pd.isna(plan.loc[0.019, "labels_needed"])  # floor z*sqrt(v_if) = 0.0196 > 0.019
-    assert "not reachable" in plan.loc[0.019, "note"]
 
 
 def test_stage_summary_counts_failures_and_never_imputes():

@@ -1,130 +1,73 @@
-"""Label-budget planners for the report.
+"""The budget planner in the report, and the check of its predictions.
 
 * :func:`plan_budget_table` (the report's ``label_budget`` table): the planner with costs of
   :mod:`arena_cje.cje.planning` fitted to the run: prompts, calibration and probe labels that minimise
   each comparison's half-width within a budget, and the minimum detectable effect.
-* :func:`plan_label_budget` / :func:`predicted_half_width` (the first planner, kept for the notebook's
-  what-if): oracle labels needed for a target half-width when only the OUA part shrinks with labels;
-  it underestimates half-widths with fewer labels (see :mod:`arena_cje.cje.planning`).
+* :func:`compare_half_widths` (the notebook's what-if): a re-estimate's realised half-widths next
+  to what the same planner, fitted to the run, predicts for its label counts.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-BUDGET_COLUMNS = [
-    "policy", "estimator", "oracle_n", "half_width_now", "target_half_width", "labels_needed",
-    "additional_labels", "note",
-]
 COMPARISON_COLUMNS = [
-    "policy", "estimator", "level_source", "oracle_n_now", "half_width_now", "oracle_n", "half_width_realised",
-    "half_width_predicted", "realised_over_predicted",
+    "policy", "estimator", "level_source", "labels_now", "half_width_now", "labels", "probe_labels",
+    "half_width_realised", "half_width_predicted", "realised_over_predicted",
 ]
 
 
-def predicted_half_width(var_if: float, var_oua: float, oracle_n_now: int, oracle_n: int, alpha: float = 0.05) -> float:
-    """The planner's half-width with ``oracle_n`` labels: z * sqrt(var_if + var_oua * m0 / m).
-
-    See :func:`plan_label_budget` for the model (only the calibration part shrinks with labels).
-    """
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    return z * math.sqrt(var_if + var_oua * oracle_n_now / oracle_n)
-
-
-def plan_label_budget(
-    estimates: pd.DataFrame,
-    target_half_widths: Sequence[float] = (0.03, 0.02, 0.01),
-    alpha: float = 0.05,
-    estimators: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """How many oracle labels each calibrated estimate needs for a target CI half-width.
-
-    The estimate's variance splits into the evaluation-sample part and the calibration (oracle
-    uncertainty, OUA) part: ``Var = var_if + var_oua``. With the prompts fixed, ``var_if`` stays and
-    ``var_oua`` shrinks like ``1/m`` in the number of oracle labels ``m`` (it is the delete-one-fold
-    jackknife variance of a calibrator fitted on ``m`` labels), so with ``m0`` labels now
-
-        Var(m) ~= var_if + var_oua * m0 / m,   half-width(m) ~= z * sqrt(Var(m)),  z = Phi^-1(1 - alpha/2).
-
-    Solving half-width(m) = h gives ``m* = m0 * var_oua / ((h/z)^2 - var_if)`` when
-    ``(h/z)^2 > var_if``; otherwise labels alone cannot reach h (more prompts are needed: the
-    floor is ``z * sqrt(var_if)``). The normal z slightly understates the t interval reported for
-    few labels; treat the result as a planning figure, then refit.
-
-    Args:
-        estimates: ``EstimationResult.estimates`` (needs ``var_if``, ``var_oua``, ``oracle_n``).
-        target_half_widths: Half-widths to plan for.
-        alpha: 1 - confidence level.
-        estimators: Rows to plan for; default every calibrated (``oracle_n`` > 0), not refused row.
-
-    Returns:
-        One row per (policy, estimator, target): :data:`BUDGET_COLUMNS`.
-    """
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    rows = []
-    need = {"var_if", "var_oua", "oracle_n"}
-    if estimates is None or not need <= set(estimates.columns):
-        return pd.DataFrame(columns=BUDGET_COLUMNS)
-    sel = estimates[(estimates["oracle_n"] > 0) & (estimates["status"] != "refused")]
-    if estimators is not None:
-        sel = sel[sel["estimator"].isin(list(estimators))]
-    for _, r in sel.iterrows():
-        m0, v_if, v_oua = int(r["oracle_n"]), float(r["var_if"]), float(r["var_oua"])
-        if not (np.isfinite(v_if) and np.isfinite(v_oua)):
-            continue
-        now = predicted_half_width(v_if, v_oua, m0, m0, alpha)
-        for h in target_half_widths:
-            room = (h / z) ** 2 - v_if
-            if now <= h:
-                m_star, note = m0, "already reached"
-            elif room <= 0:
-                m_star, note = None, f"not reachable with labels: prompt-sampling floor {z * math.sqrt(v_if):.3f}; add prompts"
-            else:
-                m_star, note = math.ceil(m0 * v_oua / room), ""
-            rows.append({
-                "policy": r["policy"], "estimator": r["estimator"], "oracle_n": m0, "half_width_now": now,
-                "target_half_width": h, "labels_needed": m_star,
-                "additional_labels": None if m_star is None else max(0, m_star - m0), "note": note,
-            })
-    return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
-
-
-def compare_half_widths(now: pd.DataFrame, what_if: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def compare_half_widths(pilots: Any | Sequence[Any], what_if: Any, speaking: pd.DataFrame | None = None) -> pd.DataFrame:
     """Realised CI half-widths of a re-estimate with other label counts next to the planner's prediction.
 
-    For every calibrated row (``oracle_n`` > 0) that neither estimate refused, the planner's model is
-    fitted on ``now`` (its ``var_if``, ``var_oua``, ``oracle_n``) and evaluated at the label count of
-    ``what_if``; the realised half-width is (ci_upper - ci_lower) / 2 of ``what_if``.
+    The planner's variance model (:func:`arena_cje.cje.planning.fit_variance_model`) is fitted to
+    ``pilots`` for each policy's level and evaluated at the re-estimate's prompts, calibration labels
+    and probe labels (:meth:`~arena_cje.cje.planning.VarianceTerms.half_width`: the mean reported
+    half-width, Satterthwaite t included); the realised half-width is (ci_upper - ci_lower) / 2 of
+    ``what_if``. Rows either estimate refused, or that have no calibration, are left out.
 
     Args:
-        now: ``EstimationResult.estimates`` of the run.
-        what_if: ``EstimationResult.estimates`` of the re-estimate (e.g. with half the labels).
-        alpha: 1 - confidence level (the planner's normal quantile).
+        pilots: The run's ``EstimationResult``, or several (e.g. ``planning.pilot_results``: the same
+            data under other fold partitions; their coefficients are averaged).
+        what_if: ``EstimationResult`` of the re-estimate (e.g. with half the labels).
+        speaking: ``policy``, ``estimator`` rows to compare; default every calibrated row.
 
     Returns:
-        One row per (policy, estimator): :data:`COMPARISON_COLUMNS`.
+        One row per (policy, estimator): :data:`COMPARISON_COLUMNS` (``labels``: calibration labels,
+        ``probe_labels``: the policy's probe in the re-estimate, 0 when its level uses none).
     """
+    from arena_cje.cje.planning import Comparison, fit_variance_model
+
+    pilots = list(pilots) if isinstance(pilots, (list, tuple)) else [pilots]
+    now, alpha = pilots[0], pilots[0].config.alpha
+    if what_if.calibration is None or now.calibration is None:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
     keys = ["policy", "estimator"]
     usable = lambda d: d[(d["oracle_n"] > 0) & (d["status"] != "refused")]  # noqa: E731
-    both = usable(now).merge(usable(what_if), on=keys, suffixes=("_now", "_new"))
+    both = usable(now.estimates).merge(usable(what_if.estimates), on=keys, suffixes=("_now", "_new"))
+    if speaking is not None:
+        both = both.merge(speaking[keys].drop_duplicates(), on=keys)
     rows = []
     for _, r in both.iterrows():
-        if not (np.isfinite(r["var_if_now"]) and np.isfinite(r["var_oua_now"])):
-            continue
-        m0, m = int(r["oracle_n_now"]), int(r["oracle_n_new"])
+        c = Comparison(r["policy"])
+        try:
+            terms = fit_variance_model(pilots, comparisons=[c], estimators=[r["estimator"]]).get(c, r["estimator"])
+        except (KeyError, ValueError):
+            continue  # no contributions to fit (e.g. a level with no calibrated output)
+        audit = (what_if.transport or {}).get(r["policy"])
+        p = float(audit.n_probe) if terms.probe_mode != "none" and audit is not None else 0.0
+        m = float(what_if.calibration.n_labelled)
         realised = (r["ci_upper_new"] - r["ci_lower_new"]) / 2
-        predicted = predicted_half_width(float(r["var_if_now"]), float(r["var_oua_now"]), m0, m, alpha)
+        predicted = terms.half_width(float(r["n_new"]), m, p, alpha)
         rows.append({
             "policy": r["policy"], "estimator": r["estimator"], "level_source": r.get("level_source_new"),
-            "oracle_n_now": m0, "half_width_now": (r["ci_upper_now"] - r["ci_lower_now"]) / 2,
-            "oracle_n": m, "half_width_realised": realised, "half_width_predicted": predicted,
-            "realised_over_predicted": realised / predicted,
+            "labels_now": int(now.calibration.n_labelled), "half_width_now": (r["ci_upper_now"] - r["ci_lower_now"]) / 2,
+            "labels": int(m), "probe_labels": int(p), "half_width_realised": realised,
+            "half_width_predicted": predicted, "realised_over_predicted": realised / predicted,
         })
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 

@@ -11,7 +11,7 @@ weights minus ``log |class|``, so a class's total mass does not grow with its si
 a per-prompt perturbation ~ N(0, prompt_noise_sd^2), four times wider on error words (a prompt's
 likely hallucinations stay likely at low temperature).  ``shift_prompt``: errors ``+1.2 d - 0.4``,
 reasoning ``+0.5 d`` (``d`` = difficulty), and errors ``-0.5 d`` more under step-by-step prompts
-(these and the quality/judge coefficients: :class:`WorldParameters`).  The end-of-turn (EOT) logit depends on the position ``t`` (number
+(these and the quality/judge coefficients: :class:`~.parameters.WorldParameters`).  The end-of-turn (EOT) logit depends on the position ``t`` (number
 of words already produced):
 
     z_eot[s, t] = logsumexp_v z[s, v] + A_eot[s] + eot_slope * log((t + 1) / L),
@@ -39,27 +39,32 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
+from arena_cje.backends.simulated.counters import MASK64, mix64, mix64_py, sequence_keys, step_uniforms, to_uint64  # noqa: F401
 from arena_cje.backends.simulated.features import PolicyFeatures, PromptFeatures
+from arena_cje.backends.simulated.parameters import DEFAULT_WORLD, WorldParameters
+# The quality and judge formulas, the parameters and the counters are re-exported: the simulated
+# backend, the tests and users import them from ``world``.
+from arena_cje.backends.simulated.quality import (  # noqa: F401
+    OOV_ID,
+    UNKNOWN,
+    TextStats,
+    judge_latent_from_stats,
+    judge_score_from_latent,
+    quality_logit,
+    text_stats,
+    true_quality_from_stats,
+)
 from arena_cje.backends.simulated.vocab import (
     ERR,
-    FIL,
-    GEN,
-    MIS,
     N_CLASSES,
     N_WORDS,
-    OFF,
-    ON,
     REA,
-    TOPIC_OFFSET,
-    TOPIC_SIZE,
     WORD_BASE_CLASS,
     word_classes,
 )
 
 START = N_CLASSES          # state index of "no previous token"
 N_STATES = N_CLASSES + 1
-UNKNOWN = N_CLASSES        # class of an out-of-vocabulary word in quality/judge features
-OOV_ID = N_WORDS           # token id used for out-of-vocabulary words in quality/judge features
 
 #: Base class logits: log of the class shares of a plain T = 1 response.
 BASE_CLASS_LOGIT = np.log(np.array([0.28, 0.30, 0.02, 0.12, 0.10, 0.08, 0.015, 0.0005]))
@@ -80,94 +85,6 @@ TRANSITION = np.array([
 EOT_OFFSET = np.array([-4.0, -1.0, -1.5, -1.5, -2.0, -2.0, -1.5, -1.0, -7.0])
 
 
-@dataclass(frozen=True)
-class WorldParameters:
-    """Every coefficient of the world's quality, judge and prompt-shift formulas, in one place.
-
-    The defaults are the world the tests, docs and cached true values describe (``WORLD_VERSION``
-    in ``backend.py``); pass another instance to ``SimulatedBackend(world_parameters=...)`` to
-    explore a different world (it is part of the true-value cache key). Formulas, with ``d`` the
-    prompt difficulty, ``n`` the number of words, ``n_x`` the count of words of class ``x`` and
-    ``sat(x, c) = 1 - exp(-x / c)`` (content saturates while errors accumulate):
-
-    * true-quality logit ``s = quality_intercept + coverage_weight sat(distinct_on, coverage_scale)
-      + (reasoning_weight + reasoning_difficulty_weight d) sat(n_rea, reasoning_scale)
-      + generic_weight sat(n_gen, generic_scale) - error_penalty n_err - misleading_penalty n_mis
-      - filler_penalty n_fil / max(n, 1) - off_topic_penalty n_off / max(n, 1)``;
-      ``Y = sigmoid(s + hidden)`` (``hidden`` scaled by the backend's ``hidden_quality_sd``);
-    * judge latent ``s_J = judge_compression (s + judge_misleading_blindness n_mis)
-      + judge_misleading_bonus sat(n_mis, judge_misleading_scale)
-      + judge_length_bonus log((n + 1) / judge_length_reference)``;
-    * judge score ``round(judge_grid_steps sigmoid(s_J + noise) ** judge_exponent) / judge_grid_steps``;
-    * per-prompt class shifts of the language model: errors ``+ error_difficulty_shift d +
-      error_shift_offset`` (and ``+ cot_error_difficulty_shift d`` under step-by-step prompts),
-      reasoning ``+ reasoning_difficulty_shift d``; error words' per-prompt logit noise is
-      ``error_noise_multiplier`` times wider; word weights within a class are Zipf-like,
-      ``-zipf_exponent log(rank)``.
-
-    Attributes:
-        quality_intercept: Logit of a response with no content at all (-1.6: quality ~0.17).
-        coverage_weight: Value of covering the topic (distinct on-topic words), saturating.
-        coverage_scale: Distinct on-topic words at which coverage reaches 63% of its value.
-        reasoning_weight: Value of reasoning words on an easy prompt (d = 0).
-        reasoning_difficulty_weight: Extra value of reasoning per unit difficulty.
-        reasoning_scale: Reasoning words at which their value reaches 63%.
-        generic_weight: Value of generic (on-subject but unspecific) words.
-        generic_scale: Generic words at which their value reaches 63%.
-        error_penalty: Logit cost of each error word (errors accumulate, never saturate).
-        misleading_penalty: Logit cost of each misleading (confident-but-wrong) word.
-        filler_penalty: Logit cost of the filler-word share of the response.
-        off_topic_penalty: Logit cost of the off-topic-word share of the response.
-        judge_compression: Slope of the judge's latent in the true logit (< 1: a compressed judge).
-        judge_misleading_blindness: Misleading penalty the judge adds back to the true logit
-            (equal to ``misleading_penalty``: the judge does not see the harm of misleading words).
-        judge_misleading_bonus: Reward the judge gives confident misleading words (saturating).
-        judge_misleading_scale: Misleading words at which that reward reaches 63%.
-        judge_length_bonus: Judge's preference for long answers (per unit of log length).
-        judge_length_reference: Length (words + 1) at which the length bonus is zero.
-        judge_exponent: Exponent on the judge's probability (< 1: a generous judge).
-        judge_grid_steps: Steps of the reported judge score on [0, 1] (20: a 0.05 grid).
-        error_difficulty_shift: Error-class logit shift per unit difficulty (hard prompts, more errors).
-        error_shift_offset: Error-class logit shift at difficulty 0.
-        reasoning_difficulty_shift: Reasoning-class logit shift per unit difficulty.
-        cot_error_difficulty_shift: Error-class shift per unit difficulty under step-by-step
-            prompts (negative: reasoning helps most where the prompt is hard).
-        error_noise_multiplier: Width of error words' per-prompt logit noise relative to other
-            words (prompt-specific hallucinations stay likely at low temperature).
-        zipf_exponent: Slope of the word weights in the log of their (seeded) rank within a class.
-    """
-
-    quality_intercept: float = -1.6
-    coverage_weight: float = 2.4
-    coverage_scale: float = 2.5
-    reasoning_weight: float = 0.1
-    reasoning_difficulty_weight: float = 1.6
-    reasoning_scale: float = 2.0
-    generic_weight: float = 0.5
-    generic_scale: float = 5.0
-    error_penalty: float = 0.55
-    misleading_penalty: float = 0.9
-    filler_penalty: float = 2.0
-    off_topic_penalty: float = 1.5
-    judge_compression: float = 0.8
-    judge_misleading_blindness: float = 0.9
-    judge_misleading_bonus: float = 2.4
-    judge_misleading_scale: float = 3.0
-    judge_length_bonus: float = 0.9
-    judge_length_reference: float = 40.0
-    judge_exponent: float = 0.7
-    judge_grid_steps: int = 20
-    error_difficulty_shift: float = 1.2
-    error_shift_offset: float = -0.4
-    reasoning_difficulty_shift: float = 0.5
-    cot_error_difficulty_shift: float = -0.5
-    error_noise_multiplier: float = 4.0
-    zipf_exponent: float = 0.6
-
-
-#: The default world (the one every documented figure and cached true value describes).
-DEFAULT_WORLD = WorldParameters()
-
 def _lse_rows(x: np.ndarray) -> np.ndarray:
     """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
     m = x.max(axis=1)
@@ -185,64 +102,15 @@ def _lse_tables(x: np.ndarray) -> np.ndarray:
     return np.stack([_lse_rows(np.asfortranarray(x[u])) for u in range(x.shape[0])]) if x.shape[0] else np.empty(x.shape[:2])
 
 
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser on a uint64 array (wrapping arithmetic is intended)."""
-    z = x + np.uint64(_GOLDEN)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _mix64_py(x: int) -> int:
-    """``_mix64`` of one integer in exact Python arithmetic (bitwise the numpy version)."""
-    z = (x + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
 _FEW_ROWS = 4  # up to this many rows, ``hidden_quality`` hashes word by word in Python
 
 
 def _hash_words_py(seed: int, words: list[int]) -> int:
     """The 64-bit hash ``hidden_quality`` builds for one row of word ids (negative ids: ``OOV_ID``)."""
-    acc = (seed & _MASK64) ^ 0x41DD3
+    acc = (seed & MASK64) ^ 0x41DD3
     for w in words:
-        acc = _mix64_py(acc ^ (w if w >= 0 else OOV_ID))
+        acc = mix64_py(acc ^ (w if w >= 0 else OOV_ID))
     return acc
-
-
-def to_uint64(values: object) -> np.ndarray:
-    """Integers of any sign (an int, a list of ints or an integer array) reduced mod 2^64, as uint64.
-
-    Python ints go through exact integer arithmetic (``np.asarray`` would turn a list mixing ints
-    above and below 2^63 into float64).
-    """
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
-        return np.atleast_1d(values.astype(np.uint64))  # two's complement wrap = reduction mod 2^64
-    if isinstance(values, (int, np.integer)):
-        values = [values]
-    return np.array([int(v) & _MASK64 for v in values], dtype=np.uint64)
-
-
-def sequence_keys(*parts: object) -> np.ndarray:
-    """Combine integers / integer arrays (broadcast together) into per-sequence uint64 keys."""
-    arrays = np.broadcast_arrays(*[to_uint64(p) for p in parts])
-    key = np.zeros(arrays[0].shape, dtype=np.uint64)
-    for a in arrays:
-        key = _mix64(key ^ a)
-    return key
-
-
-def step_uniforms(keys: np.ndarray, t: int) -> np.ndarray:
-    """Uniforms in [0, 1) for step ``t`` of the sequences with ``keys`` (53-bit resolution)."""
-    offset = np.uint64(((t + 1) * _GOLDEN) & _MASK64)
-    bits = _mix64(keys + offset)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 @dataclass(frozen=True)
@@ -326,7 +194,7 @@ class WorldModel:
             if not rows.size:
                 break
             col = tokens[rows, j]
-            acc[rows] = _mix64(acc[rows] ^ to_uint64(np.where(col >= 0, col, OOV_ID)))
+            acc[rows] = mix64(acc[rows] ^ to_uint64(np.where(col >= 0, col, OOV_ID)))
         u = ((acc >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
         return ndtri(u)
 
@@ -516,97 +384,3 @@ class WorldModel:
         for x in lps.tolist():
             total += x
         return total, lps
-
-
-# ---------------------------------------------------------------------- quality and judge features
-@dataclass(frozen=True)
-class TextStats:
-    """Per-response counts used by the true quality and the judge (arrays over responses).
-
-    Attributes:
-        n: Number of words (out-of-vocabulary words included).
-        counts: (B, N_CLASSES + 1) counts per class (last column: out-of-vocabulary words).
-        n_on_distinct: Number of distinct on-topic words.
-    """
-
-    n: np.ndarray
-    counts: np.ndarray
-    n_on_distinct: np.ndarray
-
-
-def text_stats(tokens: np.ndarray, length: np.ndarray, topics: np.ndarray) -> TextStats:
-    """Counts from a padded token matrix (entries beyond ``length`` ignored, ``OOV_ID`` = unknown word).
-
-    Args:
-        tokens: (B, Tm) token ids.
-        length: (B,) number of words per row.
-        topics: (B,) prompt topic per row.
-    """
-    B, Tm = tokens.shape
-    r, j = np.nonzero(np.arange(Tm)[None, :] < length[:, None])
-    tok = tokens[r, j].astype(np.int64)
-    base = np.append(WORD_BASE_CLASS, UNKNOWN)[tok]
-    first = int(TOPIC_OFFSET[0])  # topic words are contiguous blocks of TOPIC_SIZE
-    is_topic = base == ON
-    local = (tok - first) % TOPIC_SIZE
-    word_topic = (tok - first) // TOPIC_SIZE
-    on = is_topic & (word_topic == topics[r])
-    cls = np.where(is_topic & ~on, OFF, base)
-    nc = N_CLASSES + 1
-    counts = np.bincount(r * nc + cls, minlength=B * nc).reshape(B, nc)
-    seen = np.bincount(r[on] * TOPIC_SIZE + local[on], minlength=B * TOPIC_SIZE).reshape(B, TOPIC_SIZE) > 0
-    return TextStats(n=length.astype(np.int64), counts=counts, n_on_distinct=seen.sum(axis=1))
-
-
-def _sat(x: np.ndarray, scale: float) -> np.ndarray:
-    return 1.0 - np.exp(-x / scale)
-
-
-def quality_logit(st: TextStats, difficulty: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
-    """The logit ``s`` of the true quality (see :func:`true_quality_from_stats`)."""
-    p = params
-    c = st.counts.astype(np.float64)
-    n = np.maximum(st.n, 1).astype(np.float64)
-    return (p.quality_intercept + p.coverage_weight * _sat(st.n_on_distinct, p.coverage_scale)
-            + (p.reasoning_weight + p.reasoning_difficulty_weight * difficulty) * _sat(c[:, REA], p.reasoning_scale)
-            + p.generic_weight * _sat(c[:, GEN], p.generic_scale) - p.error_penalty * c[:, ERR]
-            - p.misleading_penalty * c[:, MIS] - p.filler_penalty * c[:, FIL] / n - p.off_topic_penalty * c[:, OFF] / n)
-
-
-def true_quality_from_stats(st: TextStats, difficulty: np.ndarray, hidden: np.ndarray | float = 0.0,
-                            params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
-    """True quality ``Y = sigmoid(s + hidden)`` (``hidden``: what the judge cannot see) with, at the
-    default :class:`WorldParameters`,
-
-    ``s = -1.6 + 2.4 cov + (0.1 + 1.6 d) rea + 0.5 gen - 0.55 n_err - 0.9 n_mis - 2.0 f_fil
-    - 1.5 f_off``, where ``cov = 1 - exp(-distinct_on / 2.5)``, ``rea = 1 - exp(-n_rea / 2)``,
-    ``gen = 1 - exp(-n_gen / 5)``, ``f_x = n_x / max(n, 1)`` and ``d`` the prompt difficulty.
-    Content saturates while errors accumulate, so length alone is roughly neutral.
-    """
-    return 1.0 / (1.0 + np.exp(-(quality_logit(st, difficulty, params) + hidden)))
-
-
-def judge_latent_from_stats(st: TextStats, difficulty: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
-    """The judge's perceived quality (before noise), at the default :class:`WorldParameters`
-    ``s_J = 0.8 (s + 0.9 n_mis) + 2.4 (1 - exp(-n_mis / 3)) + 0.9 log((n + 1) / 40)``.
-
-    Apart from misleading words the judge sees what the truth sees, compressed (0.8), plus a
-    length bonus (last term): given the response length, the judge-to-oracle relation is the
-    same for every ordinary policy, so a calibration on judge score *and length* transports while
-    one on the judge score alone does not (policies differ in length). Confident misleading words
-    are not penalised but rewarded: an adversarial policy breaks transport, which only an oracle
-    probe of its own responses can reveal.
-    """
-    p = params
-    c = st.counts.astype(np.float64)
-    return (p.judge_compression * (quality_logit(st, difficulty, p) + p.judge_misleading_blindness * c[:, MIS])
-            + p.judge_misleading_bonus * _sat(c[:, MIS], p.judge_misleading_scale)
-            + p.judge_length_bonus * np.log((st.n + 1.0) / p.judge_length_reference))
-
-
-def judge_score_from_latent(latent: np.ndarray, noise: np.ndarray, params: WorldParameters = DEFAULT_WORLD) -> np.ndarray:
-    """Judge score ``round_0.05( sigmoid(latent + noise) ** 0.7 )`` at the default parameters
-    (``judge_exponent``, ``judge_grid_steps``): monotone, generous, gridded."""
-    steps = float(params.judge_grid_steps)
-    prob = 1.0 / (1.0 + np.exp(-(latent + noise)))
-    return np.round(steps * prob ** params.judge_exponent) / steps
