@@ -63,7 +63,9 @@ import arena_cje.cje as cje_pkg  # noqa: E402
 from arena_cje.cje import CJEDataset, EstimationConfig  # noqa: E402
 from arena_cje.cje.api import borrowed_estimates  # noqa: E402
 from arena_cje.cje.audit import AUDIT_STATES  # noqa: E402
-from arena_cje.cje.transport import apply_transport_rule  # noqa: E402
+from arena_cje.cje.audit import probe_design, probe_residuals  # noqa: E402
+from arena_cje.cje.estimators import run_estimator  # noqa: E402
+from arena_cje.cje.transport import Contributions, apply_transport_rule, level_moments, probe_corrected  # noqa: E402
 
 _STATE: dict = {}
 #: Label-mask definitions (``mask_size``): share of all prompts, or share of the labelled prompts.
@@ -112,6 +114,27 @@ def _draw(d: int) -> tuple[pd.DataFrame, dict, dict]:
     return lg, fr, probes
 
 
+def _moments(ctx, estimators: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (target, estimator): Var(B), Var(C), Cov(B, C), Var(C - B) of the borrowed and probe-corrected levels.
+
+    Recorded beside every rule's row (``transport.level_moments``, the moments the weights use) so that
+    the per-draw rows show where an error comes from (borrowed bias, probe noise, the weight).
+    """
+    out = {}
+    for p in TARGETS:
+        probe = ctx.data.probes.get(p)
+        if probe is None or ctx.cal is None:
+            continue
+        direct = run_estimator(ctx, p, "direct")
+        r, rk = probe_residuals(ctx, probe)
+        c = probe_corrected(direct, probe, r, rk, probe_design(probe))
+        for name in estimators:
+            o = ctx.outputs.get((p, name)) or run_estimator(ctx, p, name)
+            mo = level_moments(Contributions(o.estimate, o.psi, o.oua_replicates), c)
+            out[(p, name)] = {"vb": mo.vb, "vc": mo.vc, "cbc": mo.cbc, "vd": mo.vd}
+    return out
+
+
 def _one(d: int) -> pd.DataFrame:
     s = _STATE
     path = s["cache"] / f"draw_{d}.csv" if s["cache"] is not None else None
@@ -120,6 +143,7 @@ def _one(d: int) -> pd.DataFrame:
     lg, fr, probes = _draw(d)
     cfg = EstimationConfig(estimators=tuple(s["estimators"]), calibrator="auto")
     pre = borrowed_estimates(CJEDataset.from_frames(lg, fr, probes, covariates=COVARIATES), cfg)
+    moments = _moments(pre.ctx, s["estimators"])
     base_outputs = dict(pre.ctx.outputs)
     rows = []
     for label, rule in RULES.items():
@@ -141,7 +165,8 @@ def _one(d: int) -> pd.DataFrame:
                          "level_source": r.level_source, "probe_weight": r.probe_weight,
                          "borrowed": r.borrowed_estimate, "corrected": r.corrected_estimate,
                          "audit": "NOT_CHECKED" if a is None else a.state,
-                         "audit_legacy_fail": bool(a is not None and a.legacy_failed)})
+                         "audit_legacy_fail": bool(a is not None and a.legacy_failed),
+                         **moments.get((r.policy, r.estimator), {})})
     out = pd.DataFrame(rows)
     if path is not None:
         out.to_csv(path, index=False)
@@ -203,7 +228,7 @@ def main() -> None:
     cache = None
     if a.cache is not None:
         # The key covers the settings, this script and the estimation code, so a changed rule never reuses stale rows.
-        src = b"".join(f.read_bytes() for f in [Path(__file__), *sorted(Path(cje_pkg.__file__).parent.glob("*.py"))])
+        src = b"".join(f.read_bytes() for f in [Path(__file__), *sorted(Path(cje_pkg.__file__).parent.rglob("*.py"))])
         key = hashlib.sha1(f"{mask_def}|{frac}|{n_keep}|{a.probe_size}|{sorted(a.estimators)}|".encode() + src).hexdigest()[:12]
         cache = a.cache / key
         cache.mkdir(parents=True, exist_ok=True)
