@@ -28,6 +28,8 @@ graded audits, every estimator, gates), then every rule applied to that same fit
 * ``graded_mse`` / ``graded_pooled``: ``transport_rule: graded`` (FAIL -> probe-corrected, PASS ->
   combined, INCONCLUSIVE / NOT_GRADED -> shrinkage with the policy's own MSE-optimal weight, or the
   empirical-Bayes weight pooled over the audited policies);
+* ``graded_precision``: ``transport_shrinkage: precision`` (INCONCLUSIVE / NOT_GRADED -> the
+  minimum-variance weight, the gap in the interval only);
 * ``graded_pooled_tuned``: ``graded_pooled`` with the PPI++ weight inside the probe correction
   (``transport_correction_weight: tuned``);
 * ``ppi``: ``transport_rule: ppi`` (the PPI++ power-tuned level whatever the audit says).
@@ -73,7 +75,8 @@ MASKS = ("coverage", "labelled")
 COVARIATES = ("response_length", "prompt_length")
 #: rule label -> (transport_rule, transport_shrinkage, transport_correction_weight); None = borrowed only.
 RULES = {"borrowed_only": None, "today": ("correct", "mse", "one"), "graded_mse": ("graded", "mse", "one"),
-         "graded_pooled": ("graded", "pooled", "one"), "graded_pooled_tuned": ("graded", "pooled", "tuned"),
+         "graded_pooled": ("graded", "pooled", "one"), "graded_precision": ("graded", "precision", "one"),
+         "graded_pooled_tuned": ("graded", "pooled", "tuned"),
          "ppi": ("ppi", "mse", "tuned")}
 
 

@@ -11,7 +11,7 @@ from arena_cje.cje.data import SUSPECT_LOGPROB_MODES
 ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 CALIBRATORS = ("isotonic", "two_stage", "auto")
 TRANSPORT_RULES = ("refuse", "correct", "graded", "ppi")
-TRANSPORT_SHRINKAGE = ("mse", "pooled")
+TRANSPORT_SHRINKAGE = ("mse", "pooled", "precision")
 CORRECTION_WEIGHTS = ("one", "tuned")
 
 
@@ -74,7 +74,8 @@ class EstimationConfig:
         transport_shrinkage: Weight of the probe-corrected value for INCONCLUSIVE / NOT_GRADED under
             ``graded``: ``mse`` (this policy's own MSE-optimal weight, as for PASS) or ``pooled``
             (empirical-Bayes prior of the gaps pooled over the policies whose borrowed level may be
-            reported, capped by the policy's own revealed gap).
+            reported, capped by the policy's own revealed gap) or ``precision`` (the minimum-variance
+            weight, no estimated gap in the weight; the interval as ``pooled``).
         transport_correction_weight: Weight lam on the calibrated prediction inside the probe
             correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
             ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
