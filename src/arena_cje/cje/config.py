@@ -72,10 +72,11 @@ class EstimationConfig:
             rejects, the combination otherwise); ``ppi``: the PPI++ power-tuned level whatever the
             audit says; ``refuse``: a FAIL refuses the policy's calibrated rows.
         transport_shrinkage: Weight of the probe-corrected value for INCONCLUSIVE / NOT_GRADED under
-            ``graded``: ``mse`` (this policy's own MSE-optimal weight, as for PASS) or ``pooled``
-            (empirical-Bayes prior of the gaps pooled over the policies whose borrowed level may be
-            reported, capped by the policy's own revealed gap) or ``precision`` (the minimum-variance
-            weight, no estimated gap in the weight; the interval as ``pooled``).
+            ``graded``: ``precision`` (default, chosen by the probe study at 12% and 25% oracle
+            coverage: the covariance-aware minimum-variance weight, no estimated gap in the weight, the
+            gap in the interval as ``pooled``), ``mse`` (this policy's own MSE-optimal weight, as for
+            PASS) or ``pooled`` (empirical-Bayes prior of the gaps pooled over the policies whose
+            borrowed level may be reported, capped by the policy's own revealed gap).
         transport_correction_weight: Weight lam on the calibrated prediction inside the probe
             correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
             ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
@@ -100,7 +101,7 @@ class EstimationConfig:
     transport_margin: float = 0.05
     transport_min_clusters: float = 20.0
     transport_rule: str = "graded"
-    transport_shrinkage: str = "pooled"
+    transport_shrinkage: str = "precision"
     transport_correction_weight: str = "one"
     baseline: str | None = None
     reliability_bins: int = 10

@@ -53,13 +53,15 @@ Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of
   three policies the pooled moment is itself noisy, and one adversarial policy would otherwise pull
   every benign policy's weight toward its probe), and its interval adds
   (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left);
-  or ``precision`` (``shrunk``): lambda* with b^2 = 0, the covariance-aware minimum-variance weight
-  (Var(B) - Cov_BC) / V_d: the gap the audit could not grade enters the interval only, with the same
-  (1 - lambda)^2 max(b2_hat_p, tau2_hat) as ``pooled``. Why: b2_hat_p and tau2_hat are noisy (b2_hat_p
-  has SD ~ sqrt(2) V_d when the gap is 0, and tau2_hat averages two or three policies), and a noisy
-  squared gap in the weight adds more variance than the bias it removes while b^2 <~ V_d; a large
-  gap is FAIL (lambda = 1) or, with a borrowed level as uncertain as an extrapolating calibration's,
-  gets lambda near 1 from Var(B) alone (docs/statistics.md, probe study).
+  or ``precision`` (the default; ``shrunk``): lambda* with b^2 = 0, the covariance-aware
+  minimum-variance weight (Var(B) - Cov_BC) / V_d: the gap the audit could not grade enters the
+  interval only, with the same (1 - lambda)^2 max(b2_hat_p, tau2_hat) as ``pooled``. Why: b2_hat_p and
+  tau2_hat are noisy (b2_hat_p has SD ~ sqrt(2) V_d when the gap is 0, and tau2_hat averages two or
+  three policies), and a noisy squared gap in the weight adds more variance than the bias it removes
+  while b^2 <~ V_d. A gap beyond the margin is FAIL (lambda = 1); an INCONCLUSIVE large gap keeps the
+  minimum-variance weight and its unremoved square in the interval (on the Arena sample the
+  adversarial policy's INCONCLUSIVE draws get lambda 0.4-1 from Var(B) alone, its calibration
+  extrapolating). Chosen by the probe study (docs/statistics.md).
 * ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
   delta = 0 rejects (``TransportAudit.legacy_failed``) or REFUSE-LEVEL fired, theta_lambda otherwise.
 * ``ppi``: the PPI++ level (Angelopoulos, Duchi & Zrnic 2023) whatever the audit says:
