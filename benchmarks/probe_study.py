@@ -9,16 +9,15 @@ The label mask (how many base prompts keep a label; ``mask_size``), one of:
 
 * ``--oracle-coverage F`` (default 0.25): round(F x the number of PROMPTS in the sample) keep a
   label, i.e. the oracle coverage F in the usual CJE sense (share of the prompts with an oracle
-  label), drawn from the prompts that carry one. The issue's setting "993 Arena prompts, 25% oracle
-  mask" is this definition: on the 1,000-prompt sample, 250 labels drawn from the 480 labelled
+  label), drawn from the prompts that carry one. The issue's figures ("993 Arena prompts, 25% oracle
+  mask") use this definition: on the 1,000-prompt sample, 250 labels drawn from the 480 labelled
   prompts (the sample itself has 48% coverage, so F above 0.48 is impossible and an error).
 * ``--labelled-share F``: round(F x the number of LABELLED prompts) keep their label. The record of
   session 4 (``--labelled-share 0.25``) kept 120 of the 480 labels, i.e. 12% oracle coverage, half
   the issue's setting.
 
 Both draw the subset with the same generator (seed 10,000 + draw), so ``--labelled-share 0.25``
-reproduces the earlier draws exactly. Calibrator ``auto`` with
-covariates response/prompt length. One fit per draw (``api.borrowed_estimates``: calibration,
+reproduces the earlier draws. Calibrator ``auto`` with covariates response/prompt length. One fit per draw (``api.borrowed_estimates``: calibration,
 graded audits, every estimator, gates), then every rule applied to that same fit
 (``transport.apply_transport_rule`` with the rule swapped in), so the rules differ only in the rule:
 
@@ -35,8 +34,9 @@ graded audits, every estimator, gates), then every rule applied to that same fit
 * ``ppi``: ``transport_rule: ppi`` (the PPI++ power-tuned level whatever the audit says).
 
 Truth = mean of the 500 ground-truth labels per target (read only to score). Per target, estimator
-and rule: RMSE, 95th percentile of |error|, max |error|, coverage of the 95% CI, share of draws
+and rule: mean and SD of the error, RMSE, 95th percentile of |error|, max |error|, coverage of the 95% CI, share of draws
 within 0.05 of the truth, refused share, mean probe weight; and the frequency of each audit state.
+``--out`` writes every draw's rows, with Var(B), Var(C), Cov(B, C) and Var(C - B) (``_moments``).
 
 Run: .venv/bin/python benchmarks/probe_study.py --draws 200 --estimators direct stacked_dr --workers 2
 (add ``--labelled-share 0.25`` for the 12%-coverage setting). ``--cache DIR`` keeps each draw's rows
