@@ -169,6 +169,28 @@ def test_pooled_shrinkage_weight_and_variance():
     assert pooled_bias_sq([]) == 0.0
 
 
+def test_precision_shrinkage_keeps_the_gap_out_of_the_weight_and_in_the_interval():
+    # pi_better (+0.04 judge bias) is INCONCLUSIVE with a 40-label probe at this seed; pi_worse (+0.25) FAILs.
+    d = simulate(n=800, oracle_fraction=0.25, seed=1, judge_bias={"pi_worse": 0.25, "pi_better": 0.04}, probe_size=40)
+    data = CJEDataset.from_frames(d.logged, d.fresh, d.probes)
+    res = {sh: estimate_policies(data, EstimationConfig(estimators=("direct",), transport_rule="graded", transport_shrinkage=sh))
+           for sh in ("pooled", "precision")}
+    pooled, prec = (res[sh].estimates.set_index("policy") for sh in ("pooled", "precision"))
+    states = {p: a.state for p, a in res["precision"].transport.items()}
+    assert states["pi_worse"] == "FAIL"  # FAIL is probe-corrected whatever the shrinkage
+    assert prec.loc["pi_worse", "estimate"] == pytest.approx(pooled.loc["pi_worse", "estimate"], abs=1e-15)
+    shrunk = [p for p, st in states.items() if st == "INCONCLUSIVE"]
+    assert shrunk, states
+    for p in shrunk:
+        a, b = prec.loc[p], pooled.loc[p]
+        assert a.level_source == "shrunk" and a.transport_bias_sq == 0.0  # no estimated gap in the weight
+        assert 0.0 <= a.probe_weight <= b.probe_weight + 1e-12 < 1.0  # lam* grows with the squared gap
+        assert a.estimate == pytest.approx(a.borrowed_estimate + a.probe_weight * (a.corrected_estimate - a.borrowed_estimate))
+        # The same squared gap max(b2_hat, tau2_hat) enters both intervals, scaled by the unremoved share.
+        assert a.var_transport / (1 - a.probe_weight) ** 2 == pytest.approx(b.var_transport / (1 - b.probe_weight) ** 2, rel=1e-9)
+        assert a.ci_lower <= true_value(p) <= a.ci_upper
+
+
 # ---------------------------------------------------------------------------------------------
 # PPI++
 # ---------------------------------------------------------------------------------------------
@@ -223,9 +245,10 @@ def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
 
 
 @pytest.mark.slow
-def test_monte_carlo_coverage_of_the_graded_rule():
+@pytest.mark.parametrize("shrinkage", ["pooled", "precision"])
+def test_monte_carlo_coverage_of_the_graded_rule(shrinkage):
     """200 replications of the synthetic world with a small transport gap on pi_better (+0.04 judge bias) and
-    a large one on pi_worse (+0.25): under ``graded`` (pooled shrinkage) the reported levels cover 92-98%,
+    a large one on pi_worse (+0.25): under ``graded`` (each INCONCLUSIVE shrinkage) the reported levels cover 92-98%,
     every probe weight is in [0, 1], and each state the world can produce occurs. (~80 s of CPU; 510 s wall on
     the shared 2-core box under load 8.)"""
     reps = 200
@@ -237,7 +260,7 @@ def test_monte_carlo_coverage_of_the_graded_rule():
         d = simulate(n=800, oracle_fraction=0.25, seed=20_000 + s, judge_bias=bias, probe_size=60)
         data = CJEDataset.from_frames(d.logged, d.fresh, d.probes)
         res = estimate_policies(data, EstimationConfig(estimators=("direct",), transport_rule="graded",
-                                                       transport_shrinkage="pooled"))
+                                                       transport_shrinkage=shrinkage))
         states |= {a.state for a in res.transport.values()}
         for r in res.estimates.itertuples():
             assert 0.0 <= r.probe_weight <= 1.0

@@ -11,7 +11,7 @@ from arena_cje.cje.data import SUSPECT_LOGPROB_MODES
 ALL_ESTIMATORS = ("naive", "snips", "calibrated_ips", "direct", "dr_cpo", "mrdr", "tmle", "stacked_dr")
 CALIBRATORS = ("isotonic", "two_stage", "auto")
 TRANSPORT_RULES = ("refuse", "correct", "graded", "ppi")
-TRANSPORT_SHRINKAGE = ("mse", "pooled")
+TRANSPORT_SHRINKAGE = ("mse", "pooled", "precision")
 CORRECTION_WEIGHTS = ("one", "tuned")
 
 
@@ -72,9 +72,11 @@ class EstimationConfig:
             rejects, the combination otherwise); ``ppi``: the PPI++ power-tuned level whatever the
             audit says; ``refuse``: a FAIL refuses the policy's calibrated rows.
         transport_shrinkage: Weight of the probe-corrected value for INCONCLUSIVE / NOT_GRADED under
-            ``graded``: ``mse`` (this policy's own MSE-optimal weight, as for PASS) or ``pooled``
-            (empirical-Bayes prior of the gaps pooled over the policies whose borrowed level may be
-            reported, capped by the policy's own revealed gap).
+            ``graded``: ``precision`` (default, chosen by the probe study at 12% and 25% oracle
+            coverage: the covariance-aware minimum-variance weight, no estimated gap in the weight, the
+            gap in the interval as ``pooled``), ``mse`` (this policy's own MSE-optimal weight, as for
+            PASS) or ``pooled`` (empirical-Bayes prior of the gaps pooled over the policies whose
+            borrowed level may be reported, capped by the policy's own revealed gap).
         transport_correction_weight: Weight lam on the calibrated prediction inside the probe
             correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
             ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
@@ -99,7 +101,7 @@ class EstimationConfig:
     transport_margin: float = 0.05
     transport_min_clusters: float = 20.0
     transport_rule: str = "graded"
-    transport_shrinkage: str = "pooled"
+    transport_shrinkage: str = "precision"
     transport_correction_weight: str = "one"
     baseline: str | None = None
     reliability_bins: int = 10

@@ -52,7 +52,16 @@ Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of
   b^2 = min(b2_hat_p, tau2_hat) (its own revealed squared gap, capped by the family's: with two or
   three policies the pooled moment is itself noisy, and one adversarial policy would otherwise pull
   every benign policy's weight toward its probe), and its interval adds
-  (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left).
+  (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left);
+  or ``precision`` (the default; ``shrunk``): lambda* with b^2 = 0, the covariance-aware
+  minimum-variance weight (Var(B) - Cov_BC) / V_d: the gap the audit could not grade enters the
+  interval only, with the same (1 - lambda)^2 max(b2_hat_p, tau2_hat) as ``pooled``. Why: b2_hat_p and
+  tau2_hat are noisy (b2_hat_p has SD ~ sqrt(2) V_d when the gap is 0, and tau2_hat averages two or
+  three policies), and a noisy squared gap in the weight adds more variance than the bias it removes
+  while b^2 <~ V_d. A gap beyond the margin is FAIL (lambda = 1); an INCONCLUSIVE large gap keeps the
+  minimum-variance weight and its unremoved square in the interval (on the Arena sample the
+  adversarial policy's INCONCLUSIVE draws get lambda 0.4-1 from Var(B) alone, its calibration
+  extrapolating). Chosen by the probe study (docs/statistics.md).
 * ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
   delta = 0 rejects (``TransportAudit.legacy_failed``) or REFUSE-LEVEL fired, theta_lambda otherwise.
 * ``ppi``: the PPI++ level (Angelopoulos, Duchi & Zrnic 2023) whatever the audit says:
@@ -338,7 +347,7 @@ class _Pending:
 
 
 def _rule_for(rule: str, shrinkage: str, audit: TransportAudit | None, force_probe: bool) -> str:
-    """Which value a borrowed level with a probe reports: ``corrected``, ``combined``, ``shrunk`` or ``ppi``."""
+    """Which value a borrowed level with a probe reports: ``corrected``, ``combined``, ``shrunk``, ``precision`` or ``ppi``."""
     if rule == "ppi":
         return "ppi"
     if force_probe:
@@ -350,7 +359,7 @@ def _rule_for(rule: str, shrinkage: str, audit: TransportAudit | None, force_pro
         return "corrected"
     if audit.state == PASS or shrinkage == "mse":
         return "combined"
-    return "shrunk"
+    return "precision" if shrinkage == "precision" else "shrunk"
 
 
 def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits: dict, statuses: dict) -> pd.DataFrame:
@@ -437,6 +446,10 @@ def apply_transport_rule(ctx: EstimationContext, estimates: pd.DataFrame, audits
         if which in ("ppi", "corrected"):
             rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, force_corrected=True,
                                  source="ppi" if which == "ppi" else "probe_corrected", moments=q.moments)
+        elif which == "precision":
+            # Minimum-variance weight (no estimated gap in it); the gap left enters the interval as under ``pooled``.
+            rep = combine_levels(b, q.c, m, q.probe_var, ctx.K, ctx.config.alpha, bias_sq=0.0, source="shrunk",
+                                 moments=q.moments, interval_bias_sq=max(q.moments.b2, tau2[name]))
         elif which == "shrunk":
             # Weight from the smaller of the policy's own revealed squared gap and the family's prior
             # variance (an unlucky probe cannot pull the weight beyond what the family supports, nor another
