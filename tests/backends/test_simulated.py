@@ -269,3 +269,21 @@ def test_hidden_quality_few_rows_python_path_equals_vectorised(seed, monkeypatch
         vectorised = model.hidden_quality(tokens, length)
         monkeypatch.setattr(world, "_FEW_ROWS", 4)
         assert np.array_equal(few, vectorised)
+
+
+def test_table_log_sum_exp_is_bitwise_the_one_table_fortran_reduction():
+    """The batched log-sum-exp adds left to right, as the original per-table Fortran-order sum did."""
+    import arena_cje.backends.simulated.world as world
+
+    x = np.random.default_rng(3).normal(0.0, 4.0, size=(37, world.N_STATES, world.N_WORDS))
+
+    def one_table(t: np.ndarray) -> np.ndarray:
+        f = np.asfortranarray(t)
+        m = f.max(axis=1)
+        return m + np.log(np.exp(f - m[:, None]).sum(axis=1))
+
+    expected = np.stack([one_table(x[u]) for u in range(x.shape[0])])
+    assert np.array_equal(world._lse_tables(x), expected)
+    pairwise = x.max(axis=2) + np.log(np.exp(x - x.max(axis=2)[:, :, None]).sum(axis=2))
+    assert not np.array_equal(pairwise, expected)  # the order matters: the check can fail
+    assert world._lse_tables(x[:0]).shape == (0, world.N_STATES)

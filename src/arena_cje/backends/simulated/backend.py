@@ -63,6 +63,9 @@ _DOMAIN_TRUTH = 0x545255
 # are per row).
 _TF_CHUNK = 256
 _GEN_CHUNK = 256
+# The true-value Monte Carlo samples up to ``truth_chunk`` draws at once but builds their tables in
+# groups of at most this many prompts, for the same reason.
+_TRUTH_TABLE_CHUNK = 256
 
 
 class SimulatedBackend:
@@ -72,9 +75,12 @@ class SimulatedBackend:
         seed: The world's seed (its "model weights"); everything is a deterministic function of it.
         adversarial_keyword: A system prompt containing this word (case-insensitive) makes the
             policy confident-but-misleading.
-        truth_draws_per_prompt: Minimum Monte-Carlo responses per prompt in ``true_value``.
+        truth_draws_per_prompt: Minimum Monte-Carlo responses per prompt in ``true_value``. The
+            estimand is a mean over prompts, so the truth's Monte-Carlo error is set by the total
+            number of draws (below); this floor only keeps a within-prompt variance per prompt
+            for the standard error when the prompt set is very large.
         truth_min_total_draws: Minimum total Monte-Carlo responses in ``true_value`` (more draws per
-            prompt for small prompt sets).
+            prompt for small prompt sets): 100,000 draws give a Monte-Carlo s.e. of about 0.0005.
         cache_dir: Directory for the on-disk true-value cache (``None``: memory only).
         logit_scale: Multiplies word logits (peakier distributions, heavier importance weights).
         judge_noise_sd: SD of the judge's hashed noise on its latent (logit) scale.
@@ -89,7 +95,7 @@ class SimulatedBackend:
             its fields to override); the default is the documented world.
     """
 
-    def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
+    def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 10,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
                  judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_concentration: float = 20.0, table_cache_size: int = 6000,
                  truth_chunk: int = 4096, world_parameters: WorldParameters | dict | None = None) -> None:
@@ -363,7 +369,9 @@ class SimulatedBackend:
         for start in range(0, P, per_chunk):
             chunk = prompts[start:start + per_chunk]
             pfs = [self.features(p) for p in chunk]
-            tabs = self.world.tables_many(pfs, pol, policy.temperature, policy.max_tokens)
+            tabs = [tab for at in range(0, len(pfs), _TRUTH_TABLE_CHUNK)
+                    for tab in self.world.tables_many(pfs[at:at + _TRUTH_TABLE_CHUNK], pol, policy.temperature,
+                                                      policy.max_tokens)]
             rows = np.repeat(np.arange(len(chunk)), m)
             draw = np.tile(np.arange(m), len(chunk))
             keys = sequence_keys(self.seed, _DOMAIN_TRUTH, to_uint64([pf.key for pf in pfs])[rows], draw)

@@ -168,21 +168,16 @@ class WorldParameters:
 #: The default world (the one every documented figure and cached true value describes).
 DEFAULT_WORLD = WorldParameters()
 
-def _lse_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
-    m = x.max(axis=1)
-    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
-
-
 def _lse_tables(x: np.ndarray) -> np.ndarray:
-    """``_lse_rows`` of each (S, V) table of a (U, S, V) stack.
+    """Log-sum-exp over the last axis of each (S, V) table of a (U, S, V) stack, ``m + log(sum(exp(x - m)))``.
 
-    Table by table, each in Fortran order, on purpose: numpy orders a reduction's additions by the
-    memory layout, and the tables must stay bitwise those of the original one-table builder (whose
-    ``class_logit[:, cls]`` gather made Fortran-ordered arrays), which cached true values and the
-    pinned test rely on.
+    The sum runs strictly left to right (the last column of a cumulative sum), on purpose: the
+    tables must stay bitwise those of the original one-table builder, whose Fortran-ordered arrays
+    made numpy add the words in that order (a plain ``sum`` over a C-ordered last axis adds
+    pairwise, in another order), and cached true values and the pinned test rely on them.
     """
-    return np.stack([_lse_rows(np.asfortranarray(x[u])) for u in range(x.shape[0])]) if x.shape[0] else np.empty(x.shape[:2])
+    m = x.max(axis=2)
+    return m + np.log(np.cumsum(np.exp(x - m[:, :, None]), axis=2)[:, :, -1])
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
