@@ -6,11 +6,20 @@ export KEDRO_DISABLE_TELEMETRY := true
 
 .PHONY: setup setup-local setup-vllm setup-labelstudio vllm-start vllm-stop run run-local test test-fast test-labelstudio viz clean-data
 
+# The install is redone only when pyproject.toml's content changed since the last one (its copy in
+# the venv): a checkout or merge that merely touches the file costs a comparison, not ~20 s of pip.
+INSTALLED := $(VENV)/installed-pyproject.toml
 $(BIN)/kedro: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(BIN)/kedro
+	@if [ -x $@ ] && cmp -s pyproject.toml $(INSTALLED); then \
+		echo "$(VENV): pyproject.toml unchanged since the last install"; \
+	else \
+		set -e; \
+		$(PYTHON) -m venv $(VENV); \
+		$(BIN)/pip install --quiet --upgrade pip; \
+		$(BIN)/pip install --quiet -e ".[test]"; \
+		cp pyproject.toml $(INSTALLED); \
+	fi
+	touch $@
 
 setup: $(BIN)/kedro  ## create .venv and install the project
 
