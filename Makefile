@@ -44,8 +44,8 @@ run-local: setup-local  ## run the whole experiment offline on a real small LLM 
 test: setup-local setup-vllm setup-labelstudio  ## the whole test suite (local LLM, a real vLLM server and a real Label Studio included)
 	$(BIN)/pytest -q --durations=15
 
-test-fast: setup  ## the inner loop: tests not marked slow, no torch, no vLLM (a few minutes)
-	ARENA_CJE_SKIP_VLLM=1 $(BIN)/pytest -q -m "not slow" --durations=10
+test-fast: setup  ## the inner loop: tests not marked slow, no torch, no vLLM, 200 importer fuzz examples (under 3 minutes)
+	ARENA_CJE_SKIP_VLLM=1 ARENA_CJE_FUZZ_EXAMPLES=200 $(BIN)/pytest -q -m "not slow" --durations=10
 
 setup-labelstudio:  ## Label Studio 1.23 + SDK 2 in their own virtualenv (.venv-labelstudio)
 	bash scripts/label_studio.sh install
