@@ -287,3 +287,20 @@ def test_table_log_sum_exp_is_bitwise_the_one_table_fortran_reduction():
     pairwise = x.max(axis=2) + np.log(np.exp(x - x.max(axis=2)[:, :, None]).sum(axis=2))
     assert not np.array_equal(pairwise, expected)  # the order matters: the check can fail
     assert world._lse_tables(x[:0]).shape == (0, world.N_STATES)
+
+
+def test_rebuilt_tables_reuse_their_log_sum_exps_bitwise(prompts):
+    """A table rebuilt after the LRU dropped it (partly remembered log-sum-exps) equals a fresh build."""
+    from arena_cje.backends.simulated.features import policy_features
+    from arena_cje.backends.simulated.world import WorldModel
+
+    pol = policy_features("You are a helpful assistant.", "mislead")
+    pfs = [prompt_features(p) for p in prompts[:40]]
+    fresh = WorldModel(seed=0).tables_many(pfs[10:40], pol, 0.7, 64)
+    model = WorldModel(seed=0, cache_size=5)  # the LRU keeps 5 tables, the log-sum-exps 80
+    model.tables_many(pfs[:25], pol, 0.7, 64)
+    assert len(model._lse_cache) == 25 and len(model._cache) == 5
+    rebuilt = model.tables_many(pfs[10:40], pol, 0.7, 64)  # 15 remembered, 15 new, one batch
+    for a, b in zip(fresh, rebuilt, strict=True):
+        for name in ("zT", "logZ", "logp_eot", "cdf", "cls"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name

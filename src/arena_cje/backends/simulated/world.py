@@ -296,6 +296,10 @@ class WorldModel:
         self.word_logit = w
         self._cache: OrderedDict[tuple, Tables] = OrderedDict()
         self._word_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        # (prompt, policy, T) -> the table's two log-sum-exp rows (2 x N_STATES floats): a table
+        # rebuilt after the LRU dropped it (a 10,000-prompt run needs each one in three stages)
+        # skips its two most expensive steps, with bitwise the same result.
+        self._lse_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def hidden_quality(self, tokens: np.ndarray, length: np.ndarray) -> np.ndarray:
         """Quality the judge cannot see: ``h = Phi^-1(hash(seed, w_1, ..., w_n))``, about N(0, 1).
@@ -406,13 +410,12 @@ class WorldModel:
         per_word = np.ascontiguousarray(np.take_along_axis(
             class_logit, np.broadcast_to(cls[:, None, :], (len(pfs), N_STATES, N_WORDS)), axis=2))
         z = self.logit_scale * (per_word + word[:, None, :])                      # (U, S, V)
-        lse1 = _lse_tables(z)                                                     # (U, S)
+        zT = z / T
+        lse1, lseT = self._log_sum_exps(pfs, pol, T, z, zT)                       # (U, S) each
         L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
         t = np.arange(max_tokens, dtype=np.float64)
         z_eot = (lse1[:, :, None] + EOT_OFFSET[None, :, None]
                  + self.eot_slope * np.log((t[None, None, :] + 1.0) / L[:, None, None]))
-        zT = z / T
-        lseT = _lse_tables(zT)                                                    # (U, S)
         zeT = z_eot / T
         logZ = np.logaddexp(lseT[:, :, None], zeT)
         logp_eot = zeT - logZ
@@ -424,6 +427,28 @@ class WorldModel:
             arr.setflags(write=False)
         cls64 = cls.astype(np.int64)
         return [Tables(zT=zT[u], logZ=logZ[u], logp_eot=logp_eot[u], cdf=cdf[u], cls=cls64[u]) for u in range(len(pfs))]
+
+    def _log_sum_exps(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, z: np.ndarray,
+                      zT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(_lse_tables(z), _lse_tables(zT))``, remembered per (prompt, policy, T) (bounded)."""
+        keys = [(pf, pol, T) for pf in pfs]
+        known = [self._lse_cache.get(k) for k in keys]
+        missing = [i for i, hit in enumerate(known) if hit is None]
+        if len(missing) == len(keys):
+            lse1, lseT = _lse_tables(z), _lse_tables(zT)
+        else:
+            lse1 = np.empty(z.shape[:2])
+            lseT = np.empty(z.shape[:2])
+            for i, hit in enumerate(known):
+                if hit is not None:
+                    lse1[i], lseT[i] = hit
+            if missing:
+                lse1[missing], lseT[missing] = _lse_tables(z[missing]), _lse_tables(zT[missing])
+        if len(self._lse_cache) + len(missing) > 16 * max(self.cache_size, 1):
+            self._lse_cache.clear()
+        for i in missing:
+            self._lse_cache[keys[i]] = (lse1[i].copy(), lseT[i].copy())
+        return lse1, lseT
 
     # ------------------------------------------------------------------ sampling
     def sample(self, tabs: list[Tables], rows: np.ndarray, keys: np.ndarray, max_tokens: int,
