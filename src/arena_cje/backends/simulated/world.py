@@ -465,8 +465,9 @@ class WorldModel:
         V = N_WORDS
         S = N_STATES
         # Flat tables, indexed by one integer per draw (row r = u * S + s): one gather per lookup.
-        zT = np.stack([tb.zT for tb in tabs]).ravel()                 # [(u S + s) V + v]
-        logZ = np.stack([tb.logZ for tb in tabs]).ravel()             # [(u S + s) Tm + t]
+        if with_logprob:  # the word log-probs' tables (the true-value Monte Carlo needs none)
+            zT = np.stack([tb.zT for tb in tabs]).ravel()             # [(u S + s) V + v]
+            logZ = np.stack([tb.logZ for tb in tabs]).ravel()         # [(u S + s) Tm + t]
         lpe = np.stack([tb.logp_eot for tb in tabs]).ravel()          # [(u S + s) Tm + t]
         cls = np.stack([tb.cls for tb in tabs]).ravel()               # [u V + v]
         Tm = tabs[0].logZ.shape[1] if U else max_tokens
