@@ -185,7 +185,7 @@ class SimulatedBackend:
             toks = out["tokens"][i, :n].tolist()
             tlp = out["token_logprobs"][i, : n + ended].tolist()
             gens.append(Generation(
-                text=" ".join(WORDS[k] for k in toks),
+                text=" ".join(map(WORDS.__getitem__, toks)),
                 logprob=float(out["logprob"][i]),
                 token_logprobs=tlp,
                 n_tokens=n + ended,
@@ -221,8 +221,9 @@ class SimulatedBackend:
                 chunk = [self.features(p) for p in prompts[i:i + _TF_CHUNK]]
                 tabs = self.world.tables_many(chunk, pol, policy.temperature, policy.max_tokens)
             words = response.split()
-            unknown = [w for w in words if w not in WORD_INDEX]
-            if unknown:
+            word_ids = [WORD_INDEX.get(w, -1) for w in words]
+            if -1 in word_ids:
+                unknown = [w for w, k in zip(words, word_ids, strict=True) if k < 0]
                 shown = ", ".join(repr(w) for w in dict.fromkeys(unknown[:5]))
                 out.append(TeacherForced(logprob=None, n_tokens=None, error=(
                     f"out-of-vocabulary word(s) for the simulated model: {shown}"
@@ -241,8 +242,7 @@ class SimulatedBackend:
                         f" is possible there under policy {policy.name}")))
                     continue
                 include_eot = bool(ended[i])
-            ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
-            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], ids, include_eot)
+            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], np.array(word_ids, dtype=np.int64), include_eot)
             out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
                                      tail_mass_bound=0.0))
         return out
