@@ -84,7 +84,9 @@ class SimulatedBackend:
         hidden_quality_sd: Weight of the quality the judge cannot see (``WorldModel.hidden_quality``)
             in the true quality's logit: the main source of judge-vs-truth disagreement.
         rater_concentration: kappa of the raters' beta-binomial votes (smaller = more disagreement).
-        table_cache_size: Number of (prompt, policy) logit tables kept in memory.
+        table_cache_size: Number of (prompt, policy) logit tables kept in memory (about 85 kB
+            each at 256 max tokens); their log-sum-exp rows (144 bytes) are kept for 16 times
+            as many, so a table rebuilt in a later stage skips its costliest step.
         truth_chunk: Sequences generated per vectorised chunk in ``true_value`` (results do not
             depend on it). About 2,000 is fastest: fewer steps of Python overhead than smaller
             chunks, while the chunk's stacked tables, searched at every step, stay in the CPU cache.
