@@ -91,6 +91,10 @@ def main() -> None:
                 raise SystemExit(f"kedro run failed ({label})")
             print(f"kedro run, {label}: {took:.1f} s wall on {os.cpu_count()} cores")
             print_stage_times(result.stdout + result.stderr, stages)
+        truth = project / "data/03_primary/policy_truth.csv"
+        if truth.is_file():  # the simulated world's true values and their Monte Carlo s.e.
+            rows = [line.split(",") for line in truth.read_text().splitlines()[1:]]
+            print("  true values (MC s.e.): " + ", ".join(f"{p} {float(v):.4f} ({float(se):.5f})" for p, v, se in rows))
         estimates = project / "data/07_model_output/policy_estimates.csv"
         report = project / "data/08_reporting/report.html"
         print(f"wrote {estimates.name} ({estimates.stat().st_size} bytes) and {report.name} ({report.stat().st_size} bytes)")

@@ -269,3 +269,38 @@ def test_hidden_quality_few_rows_python_path_equals_vectorised(seed, monkeypatch
         vectorised = model.hidden_quality(tokens, length)
         monkeypatch.setattr(world, "_FEW_ROWS", 4)
         assert np.array_equal(few, vectorised)
+
+
+def test_table_log_sum_exp_is_bitwise_the_one_table_fortran_reduction():
+    """The batched log-sum-exp adds left to right, as the original per-table Fortran-order sum did."""
+    import arena_cje.backends.simulated.world as world
+
+    x = np.random.default_rng(3).normal(0.0, 4.0, size=(37, world.N_STATES, world.N_WORDS))
+
+    def one_table(t: np.ndarray) -> np.ndarray:
+        f = np.asfortranarray(t)
+        m = f.max(axis=1)
+        return m + np.log(np.exp(f - m[:, None]).sum(axis=1))
+
+    expected = np.stack([one_table(x[u]) for u in range(x.shape[0])])
+    assert np.array_equal(world._lse_tables(x), expected)
+    pairwise = x.max(axis=2) + np.log(np.exp(x - x.max(axis=2)[:, :, None]).sum(axis=2))
+    assert not np.array_equal(pairwise, expected)  # the order matters: the check can fail
+    assert world._lse_tables(x[:0]).shape == (0, world.N_STATES)
+
+
+def test_rebuilt_tables_reuse_their_log_sum_exps_bitwise(prompts):
+    """A table rebuilt after the LRU dropped it (partly remembered log-sum-exps) equals a fresh build."""
+    from arena_cje.backends.simulated.features import policy_features
+    from arena_cje.backends.simulated.world import WorldModel
+
+    pol = policy_features("You are a helpful assistant.", "mislead")
+    pfs = [prompt_features(p) for p in prompts[:40]]
+    fresh = WorldModel(seed=0).tables_many(pfs[10:40], pol, 0.7, 64)
+    model = WorldModel(seed=0, cache_size=5)  # the LRU keeps 5 tables, the log-sum-exps 80
+    model.tables_many(pfs[:25], pol, 0.7, 64)
+    assert len(model._lse_cache) == 25 and len(model._cache) == 5
+    rebuilt = model.tables_many(pfs[10:40], pol, 0.7, 64)  # 15 remembered, 15 new, one batch
+    for a, b in zip(fresh, rebuilt, strict=True):
+        for name in ("zT", "logZ", "logp_eot", "cdf", "cls"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name

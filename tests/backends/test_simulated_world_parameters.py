@@ -37,7 +37,7 @@ def prompts() -> list[str]:
 
 @pytest.mark.parametrize("chunk", [4096, 300, 1 << 16])
 def test_default_truth_is_bitwise_the_pinned_one(prompts, chunk):
-    b = SimulatedBackend(seed=0, truth_min_total_draws=2000, truth_chunk=chunk)
+    b = SimulatedBackend(seed=0, truth_draws_per_prompt=64, truth_min_total_draws=2000, truth_chunk=chunk)
     for name, (system_prompt, pinned) in PINNED.items():
         assert b.true_value_detail(PolicySpec(name, "sim-llm", 0.5, system_prompt, 256), prompts) == pinned
 

@@ -72,27 +72,33 @@ class SimulatedBackend:
         seed: The world's seed (its "model weights"); everything is a deterministic function of it.
         adversarial_keyword: A system prompt containing this word (case-insensitive) makes the
             policy confident-but-misleading.
-        truth_draws_per_prompt: Minimum Monte-Carlo responses per prompt in ``true_value``.
+        truth_draws_per_prompt: Minimum Monte-Carlo responses per prompt in ``true_value``. The
+            estimand is a mean over prompts, so the truth's Monte-Carlo error is set by the total
+            number of draws (below); this floor only keeps a within-prompt variance per prompt
+            for the standard error when the prompt set is very large.
         truth_min_total_draws: Minimum total Monte-Carlo responses in ``true_value`` (more draws per
-            prompt for small prompt sets).
+            prompt for small prompt sets): 100,000 draws give a Monte-Carlo s.e. of about 0.0005.
         cache_dir: Directory for the on-disk true-value cache (``None``: memory only).
         logit_scale: Multiplies word logits (peakier distributions, heavier importance weights).
         judge_noise_sd: SD of the judge's hashed noise on its latent (logit) scale.
         hidden_quality_sd: Weight of the quality the judge cannot see (``WorldModel.hidden_quality``)
             in the true quality's logit: the main source of judge-vs-truth disagreement.
         rater_concentration: kappa of the raters' beta-binomial votes (smaller = more disagreement).
-        table_cache_size: Number of (prompt, policy) logit tables kept in memory.
+        table_cache_size: Number of (prompt, policy) logit tables kept in memory (about 85 kB
+            each at 256 max tokens); their log-sum-exp rows (144 bytes) are kept for 16 times
+            as many, so a table rebuilt in a later stage skips its costliest step.
         truth_chunk: Sequences generated per vectorised chunk in ``true_value`` (results do not
-            depend on it; larger chunks are faster and use more memory).
+            depend on it). About 2,000 is fastest: fewer steps of Python overhead than smaller
+            chunks, while the chunk's stacked tables, searched at every step, stay in the CPU cache.
         world_parameters: Coefficients of the quality, judge and class-shift formulas
             (:class:`~arena_cje.backends.simulated.world.WorldParameters`, or a mapping of some of
             its fields to override); the default is the documented world.
     """
 
-    def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 64,
+    def __init__(self, seed: int = 0, adversarial_keyword: str = "mislead", truth_draws_per_prompt: int = 10,
                  truth_min_total_draws: int = 100_000, cache_dir: str | None = None, logit_scale: float = 1.0,
                  judge_noise_sd: float = 0.1, hidden_quality_sd: float = 0.7, rater_concentration: float = 20.0, table_cache_size: int = 6000,
-                 truth_chunk: int = 4096, world_parameters: WorldParameters | dict | None = None) -> None:
+                 truth_chunk: int = 2048, world_parameters: WorldParameters | dict | None = None) -> None:
         self.seed = int(seed)
         self.adversarial_keyword = str(adversarial_keyword)
         self.truth_draws_per_prompt = int(truth_draws_per_prompt)
@@ -181,7 +187,7 @@ class SimulatedBackend:
             toks = out["tokens"][i, :n].tolist()
             tlp = out["token_logprobs"][i, : n + ended].tolist()
             gens.append(Generation(
-                text=" ".join(WORDS[k] for k in toks),
+                text=" ".join(map(WORDS.__getitem__, toks)),
                 logprob=float(out["logprob"][i]),
                 token_logprobs=tlp,
                 n_tokens=n + ended,
@@ -217,8 +223,9 @@ class SimulatedBackend:
                 chunk = [self.features(p) for p in prompts[i:i + _TF_CHUNK]]
                 tabs = self.world.tables_many(chunk, pol, policy.temperature, policy.max_tokens)
             words = response.split()
-            unknown = [w for w in words if w not in WORD_INDEX]
-            if unknown:
+            word_ids = [WORD_INDEX.get(w, -1) for w in words]
+            if -1 in word_ids:
+                unknown = [w for w, k in zip(words, word_ids, strict=True) if k < 0]
                 shown = ", ".join(repr(w) for w in dict.fromkeys(unknown[:5]))
                 out.append(TeacherForced(logprob=None, n_tokens=None, error=(
                     f"out-of-vocabulary word(s) for the simulated model: {shown}"
@@ -237,8 +244,7 @@ class SimulatedBackend:
                         f" is possible there under policy {policy.name}")))
                     continue
                 include_eot = bool(ended[i])
-            ids = np.fromiter((WORD_INDEX[w] for w in words), dtype=np.int64, count=len(words))
-            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], ids, include_eot)
+            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], np.array(word_ids, dtype=np.int64), include_eot)
             out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
                                      tail_mass_bound=0.0))
         return out

@@ -85,21 +85,16 @@ TRANSITION = np.array([
 EOT_OFFSET = np.array([-4.0, -1.0, -1.5, -1.5, -2.0, -2.0, -1.5, -1.0, -7.0])
 
 
-def _lse_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp ``m + log(sum(exp(x - m)))`` of a 2-D array (fast, no scipy overhead)."""
-    m = x.max(axis=1)
-    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
-
-
 def _lse_tables(x: np.ndarray) -> np.ndarray:
-    """``_lse_rows`` of each (S, V) table of a (U, S, V) stack.
+    """Log-sum-exp over the last axis of each (S, V) table of a (U, S, V) stack, ``m + log(sum(exp(x - m)))``.
 
-    Table by table, each in Fortran order, on purpose: numpy orders a reduction's additions by the
-    memory layout, and the tables must stay bitwise those of the original one-table builder (whose
-    ``class_logit[:, cls]`` gather made Fortran-ordered arrays), which cached true values and the
-    pinned test rely on.
+    The sum runs strictly left to right (the last column of a cumulative sum), on purpose: the
+    tables must stay bitwise those of the original one-table builder, whose Fortran-ordered arrays
+    made numpy add the words in that order (a plain ``sum`` over a C-ordered last axis adds
+    pairwise, in another order), and cached true values and the pinned test rely on them.
     """
-    return np.stack([_lse_rows(np.asfortranarray(x[u])) for u in range(x.shape[0])]) if x.shape[0] else np.empty(x.shape[:2])
+    m = x.max(axis=2)
+    return m + np.log(np.cumsum(np.exp(x - m[:, :, None]), axis=2)[:, :, -1])
 
 
 _FEW_ROWS = 4  # up to this many rows, ``hidden_quality`` hashes word by word in Python
@@ -169,6 +164,10 @@ class WorldModel:
         self.word_logit = w
         self._cache: OrderedDict[tuple, Tables] = OrderedDict()
         self._word_cache: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        # (prompt, policy, T) -> the table's two log-sum-exp rows (2 x N_STATES floats): a table
+        # rebuilt after the LRU dropped it (a 10,000-prompt run needs each one in three stages)
+        # skips its two most expensive steps, with bitwise the same result.
+        self._lse_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def hidden_quality(self, tokens: np.ndarray, length: np.ndarray) -> np.ndarray:
         """Quality the judge cannot see: ``h = Phi^-1(hash(seed, w_1, ..., w_n))``, about N(0, 1).
@@ -279,13 +278,12 @@ class WorldModel:
         per_word = np.ascontiguousarray(np.take_along_axis(
             class_logit, np.broadcast_to(cls[:, None, :], (len(pfs), N_STATES, N_WORDS)), axis=2))
         z = self.logit_scale * (per_word + word[:, None, :])                      # (U, S, V)
-        lse1 = _lse_tables(z)                                                     # (U, S)
+        zT = z / T
+        lse1, lseT = self._log_sum_exps(pfs, pol, T, z, zT)                       # (U, S) each
         L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
         t = np.arange(max_tokens, dtype=np.float64)
         z_eot = (lse1[:, :, None] + EOT_OFFSET[None, :, None]
                  + self.eot_slope * np.log((t[None, None, :] + 1.0) / L[:, None, None]))
-        zT = z / T
-        lseT = _lse_tables(zT)                                                    # (U, S)
         zeT = z_eot / T
         logZ = np.logaddexp(lseT[:, :, None], zeT)
         logp_eot = zeT - logZ
@@ -297,6 +295,28 @@ class WorldModel:
             arr.setflags(write=False)
         cls64 = cls.astype(np.int64)
         return [Tables(zT=zT[u], logZ=logZ[u], logp_eot=logp_eot[u], cdf=cdf[u], cls=cls64[u]) for u in range(len(pfs))]
+
+    def _log_sum_exps(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, z: np.ndarray,
+                      zT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(_lse_tables(z), _lse_tables(zT))``, remembered per (prompt, policy, T) (bounded)."""
+        keys = [(pf, pol, T) for pf in pfs]
+        known = [self._lse_cache.get(k) for k in keys]
+        missing = [i for i, hit in enumerate(known) if hit is None]
+        if len(missing) == len(keys):
+            lse1, lseT = _lse_tables(z), _lse_tables(zT)
+        else:
+            lse1 = np.empty(z.shape[:2])
+            lseT = np.empty(z.shape[:2])
+            for i, hit in enumerate(known):
+                if hit is not None:
+                    lse1[i], lseT[i] = hit
+            if missing:
+                lse1[missing], lseT[missing] = _lse_tables(z[missing]), _lse_tables(zT[missing])
+        if len(self._lse_cache) + len(missing) > 16 * max(self.cache_size, 1):
+            self._lse_cache.clear()
+        for i in missing:
+            self._lse_cache[keys[i]] = (lse1[i].copy(), lseT[i].copy())
+        return lse1, lseT
 
     # ------------------------------------------------------------------ sampling
     def sample(self, tabs: list[Tables], rows: np.ndarray, keys: np.ndarray, max_tokens: int,
@@ -313,8 +333,9 @@ class WorldModel:
         V = N_WORDS
         S = N_STATES
         # Flat tables, indexed by one integer per draw (row r = u * S + s): one gather per lookup.
-        zT = np.stack([tb.zT for tb in tabs]).ravel()                 # [(u S + s) V + v]
-        logZ = np.stack([tb.logZ for tb in tabs]).ravel()             # [(u S + s) Tm + t]
+        if with_logprob:  # the word log-probs' tables (the true-value Monte Carlo needs none)
+            zT = np.stack([tb.zT for tb in tabs]).ravel()             # [(u S + s) V + v]
+            logZ = np.stack([tb.logZ for tb in tabs]).ravel()         # [(u S + s) Tm + t]
         lpe = np.stack([tb.logp_eot for tb in tabs]).ravel()          # [(u S + s) Tm + t]
         cls = np.stack([tb.cls for tb in tabs]).ravel()               # [u V + v]
         Tm = tabs[0].logZ.shape[1] if U else max_tokens
