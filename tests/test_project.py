@@ -332,3 +332,16 @@ def test_the_deprecated_pipeline_option_still_runs_a_stage(tmp_path):
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         assert len(pd.read_parquet(project / "data" / "03_primary" / "prompts.parquet")) == 20
+
+
+def test_project_settings_filter_no_warning():
+    """Importing settings.py adds no warning filter: deprecations (ours, Kedro's `--pipeline`) stay visible."""
+    import importlib
+    import sys
+    import warnings
+
+    with warnings.catch_warnings():
+        before = list(warnings.filters)
+        sys.modules.pop("arena_cje.settings", None)
+        importlib.import_module("arena_cje.settings")
+        assert warnings.filters == before

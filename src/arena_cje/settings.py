@@ -1,11 +1,8 @@
 """Project settings: soft-merged parameters, quiet start-up."""
 
-import warnings
-
 from kedro.config import OmegaConfigLoader
 
 from arena_cje.hooks import (
-    NOISY_MODULES,
     BackendParamsHook,
     NodeTimingHook,
     QuietWarningsHook,
@@ -13,13 +10,6 @@ from arena_cje.hooks import (
     RunSummaryHook,
 )
 
-# Third-party libraries emit deprecation notices on every command; they are not actionable for
-# users of this project, so they are hidden (our own code's warnings still show).
-for _module in NOISY_MODULES:
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=_module)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=_module)
-# kedro-viz imports a FastAPI response class that FastAPI now deprecates (a UserWarning subclass).
-warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 # `kedro run --pipelines NAME` is the documented usage; the older `--pipeline` still works and
 # Kedro's own deprecation notice for it is left visible.
 
