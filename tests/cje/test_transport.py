@@ -1,4 +1,5 @@
-"""Probe-corrected levels, the bias-aware combination and the reporting rule (arena_cje.cje.transport).
+"""Probe-corrected levels, the bias-aware combination (arena_cje.cje.levels, imported through its old path
+arena_cje.cje.transport) and the reporting rule (arena_cje.cje.transport).
 
 The graded audit itself: test_audit.py.
 """

@@ -18,7 +18,7 @@ from arena_cje.cje.config import ALL_ESTIMATORS, EstimationConfig, Gates
 from arena_cje.cje.data import CJEDataError, CJEDataset, parse_jsonl, response_length, suspect_logprob_rows
 from arena_cje.cje.estimators import ESTIMATORS, EstimatorOutput
 from arena_cje.cje.folds import fold_of
-from arena_cje.cje.weights import WeightDiagnostics
+from arena_cje.cje.weight_diagnostics import WeightDiagnostics
 
 __all__ = [
     "ALL_ESTIMATORS",

@@ -54,7 +54,7 @@ from arena_cje.cje.audit import (  # noqa: F401  (TransportAudit, transport_audi
     transport_audit,
 )
 from arena_cje.cje.transport import LEVEL_ESTIMATORS, apply_transport_rule, has_own_labels
-from arena_cje.cje.weights import WeightDiagnostics, judge_overlap
+from arena_cje.cje.weight_diagnostics import WeightDiagnostics, judge_overlap
 
 #: The leading columns of ``EstimationResult.estimates`` (followed by var_if, var_oua, df and
 #: ``transport.TRANSPORT_COLUMNS``); the pipeline's table for people adds the true value to them.

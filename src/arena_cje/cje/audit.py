@@ -1,11 +1,11 @@
 """The oracle-labelled probe of a target policy and the graded audit of the calibration's transport.
 
-A level that borrows the logging policy's calibration f (``transport.py``) is unbiased only if
+A level that borrows the logging policy's calibration f (``levels.py``, ``transport.py``) is unbiased only if
 E[Y - f(S)] = 0 under the target policy (transport). An oracle-labelled probe of the target's own
 responses (m rows j, prompts g(j)) measures the transport gap delta = E_target[Y - f(S)] directly.
 
 Probe residuals (``probe_residuals``): r_j = Y_j - f^(-k(j))(S_j) (cross-fitted like the fresh draws)
-and the K x m replicate residuals Y_j - f^(-k)(S_j), from which ``transport.py`` builds C.
+and the K x m replicate residuals Y_j - f^(-k)(S_j), from which ``levels.py`` builds C.
 
 Stratified probes (``labeling.probe_strata > 1``: rows carry ``inclusion_prob`` pi_j; rows of equal
 pi form a stratum h with n_h rows, stratified sampling gives pi_j = n_h / N_h): the probe mean is the
@@ -14,7 +14,7 @@ for a stratified design sum_j 1/pi_j = N exactly, so HT = Hajek), design-unbiase
 residual over the policy's fresh draws; its variance is the stratified
 sum_h W_h^2 s_h^2 / n_h, W_h = N_h / N, s_h^2 the within-stratum variance (no finite-population
 correction: conservative), with m - H df. In the contributions of the probe-corrected level C
-(``transport.py``) the probe term becomes (|U|/m) sum_{j in g} m w~_j sqrt(n_h/(n_h - 1)) (r_j - r_bar_h),
+(``levels.py``) the probe term becomes (|U|/m) sum_{j in g} m w~_j sqrt(n_h/(n_h - 1)) (r_j - r_bar_h),
 w~_j = (1/pi_j) / sum_l (1/pi_l), and the replicates use the same weights. Without ``inclusion_prob``
 every formula reduces to simple random sampling (w~_j = 1/m, one stratum).
 

@@ -80,7 +80,7 @@ class EstimationConfig:
         transport_correction_weight: Weight lam on the calibrated prediction inside the probe
             correction lam theta_direct + mean_probe(Y - lam f(S)) that ``correct`` and ``graded`` use:
             ``one`` (C, the plain probe correction) or ``tuned`` (the PPI++ power-tuned weight,
-            ``transport.ppi_weight``); rule ``ppi`` always uses ``tuned``.
+            ``levels.ppi_weight``); rule ``ppi`` always uses ``tuned``.
         baseline: Policy used as baseline for paired differences (None = all pairs).
         reliability_bins: Judge-score bins of the reliability table.
         gates: Diagnostic thresholds.

@@ -11,8 +11,8 @@ One :class:`EstimationContext` per (dataset, config, calibration) holds, lazily:
 * the logged rows with suspect log-probs (``data.suspect_logprob_rows``);
 * the memo of estimator outputs (``outputs``) that ``estimators.run_estimator`` fills.
 
-The formulas of the calibration are in ``calibration.py``, of the weights and their diagnostics in
-``weights.py``, of the estimators in ``estimators/``; ``docs/statistics.md`` collects them.
+The formulas of the calibration are in ``calibration.py``, of the weights in ``weights.py``, of
+their diagnostics in ``weight_diagnostics.py``, of the estimators in ``estimators/``; ``docs/statistics.md`` collects them.
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ from arena_cje.cje.calibration import CrossFitCalibration
 from arena_cje.cje.config import EstimationConfig
 from arena_cje.cje.data import CJEDataset, suspect_logprob_rows
 from arena_cje.cje.folds import prompt_hashes
-from arena_cje.cje.weights import (
-    SimcalResult,
+from arena_cje.cje.weight_diagnostics import (
     WeightDiagnostics,
     ess_fraction,
-    hajek_weights,
     hill_tail_index,
     judge_overlap,
-    simcal_weights,
     target_typicality_coverage,
 )
+from arena_cje.cje.weights import SimcalResult, hajek_weights, simcal_weights
 
 if TYPE_CHECKING:
     from arena_cje.cje.estimators.output import EstimatorOutput

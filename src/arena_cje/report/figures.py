@@ -153,7 +153,7 @@ def plot_weight_diagnostics(weights: Mapping[str, Any], hill_warn: float) -> plt
     infinite).
 
     Args:
-        weights: Policy -> :class:`arena_cje.cje.weights.WeightDiagnostics`.
+        weights: Policy -> :class:`arena_cje.cje.weight_diagnostics.WeightDiagnostics`.
         hill_warn: Reference line for the tail index.
     """
     if not weights:

@@ -1,7 +1,7 @@
 """Logs-only estimators: self-normalised IPS on the raw weights (snips) and on SIMCal-W weights (calibrated_ips).
 
 Both reweight the calibrated rewards R_i = f^(-k(i))(S_i) of the logged rows with both log-probs;
-the weights and their diagnostics come from ``EstimationContext.weights`` (formulas: ``weights.py``).
+the weights and their diagnostics come from ``EstimationContext.weights`` (formulas: ``weights.py``, ``weight_diagnostics.py``).
 """
 
 from __future__ import annotations
