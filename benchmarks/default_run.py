@@ -54,6 +54,8 @@ def print_stage_times(log: str, stages: dict[str, str]) -> None:
     print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in per_stage.items()))
     slow = sorted(took, key=lambda x: -x[1])[:6]
     print("  slowest nodes: " + ", ".join(f"{n} {t:.1f} s" for n, t in slow))
+    report = [(n.split(".", 1)[-1], t) for n, t in took if stage_of(n, stages) == "reporting"]
+    print("  reporting nodes: " + ", ".join(f"{n} {t:.2f} s" for n, t in report))
 
 
 def main() -> None:
