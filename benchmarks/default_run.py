@@ -54,6 +54,9 @@ def print_stage_times(log: str, stages: dict[str, str]) -> None:
     print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in per_stage.items()))
     slow = sorted(took, key=lambda x: -x[1])[:6]
     print("  slowest nodes: " + ", ".join(f"{n} {t:.1f} s" for n, t in slow))
+    for stage in ("generation", "reporting"):
+        nodes = [(n.split(".", 1)[-1], t) for n, t in took if stage_of(n, stages) == stage]
+        print(f"  {stage} nodes: " + ", ".join(f"{n} {t:.2f} s" for n, t in nodes))
 
 
 def main() -> None:
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--prompts", "--output-samples", dest="prompts", type=int, default=None,
                         help="prompts in the run (prompts.output_samples; the pool grows to match)")
     parser.add_argument("--cold-only", action="store_true", help="skip the warm rerun")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy the run's data/ folder here (to compare two commits' outputs file by file)")
     args = parser.parse_args()
     stages = node_stages()
     kedro = Path(sys.executable).parent / "kedro"
@@ -98,6 +103,8 @@ def main() -> None:
         estimates = project / "data/07_model_output/policy_estimates.csv"
         report = project / "data/08_reporting/report.html"
         print(f"wrote {estimates.name} ({estimates.stat().st_size} bytes) and {report.name} ({report.stat().st_size} bytes)")
+        if args.keep:
+            shutil.copytree(project / "data", args.keep)
 
 
 if __name__ == "__main__":

@@ -304,3 +304,34 @@ def test_rebuilt_tables_reuse_their_log_sum_exps_bitwise(prompts):
     for a, b in zip(fresh, rebuilt, strict=True):
         for name in ("zT", "logZ", "logp_eot", "cdf", "cls"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("policy", [PI_HOT, PI_COT, PolicySpec("short", temperature=0.7, max_tokens=25)])
+def test_teacher_forcing_without_tables_is_bitwise_the_table_score(prompts, policy):
+    """``score_paths`` computes only the entries on each path: its log-probs equal ``score`` on the full tables,
+    bitwise, with log-sum-exps remembered (after generation) or not, EOT scored or not, empty responses too."""
+    from arena_cje.backends.simulated.vocab import WORD_INDEX
+    from arena_cje.backends.simulated.world import WorldModel
+
+    generator = SimulatedBackend(seed=0)
+    gens = generator.generate_batch(prompts, policy, list(range(len(prompts))))
+    paths = [np.array([WORD_INDEX[w] for w in g.text.split()], dtype=np.int64) for g in gens]
+    paths[5] = paths[5][:0]                                # an empty response
+    eot = [n % 3 != 0 for n in range(len(paths))]          # scored with and without EOT
+    cut = [i for i, p in enumerate(paths) if p.size == policy.max_tokens]
+    for i in cut:
+        eot[i] = False                                      # no EOT is possible after max_tokens words
+    pol = generator._policy(policy)
+    pfs = [generator.features(p) for p in prompts]
+    tables = WorldModel(seed=0).tables_many(pfs, pol, policy.temperature, policy.max_tokens)
+    expected = [WorldModel.score(tab, ids, e)[0] for tab, ids, e in zip(tables, paths, eot, strict=True)]
+    remembered = generator.world.score_paths(pfs, pol, policy.temperature, policy.max_tokens, paths, eot)
+    fresh_world = WorldModel(seed=0)                       # no log-sum-exp remembered: computed from full logits
+    fresh = fresh_world.score_paths(pfs, pol, policy.temperature, policy.max_tokens, paths, eot)
+    assert len(fresh_world._cache) == 0 and len(fresh_world._lse_cache) == len(set(pfs))  # no table was built
+    assert remembered == expected and fresh == expected   # bitwise (float ==), every one of 300
+    assert len(set(expected)) > 250 and (policy.max_tokens != 25 or cut)
+    # The backend's teacher forcing is these numbers (generation's own log-probs for the ended ones).
+    tf = generator.teacher_force_batch(prompts, [g.text for g in gens], policy, [g.error is None and g.n_tokens >
+                                                                              len(g.text.split()) for g in gens])
+    assert [t.logprob for t in tf] == [g.logprob for g in gens]

@@ -5,6 +5,7 @@ on a small layout in the reference format read through the ``cje_import`` enviro
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
@@ -64,6 +65,9 @@ def test_reporting_alone_renders_the_report_without_re_estimating(estimated):
         assert f"| {row.policy} | {row.estimator} | {row.estimate:.4g} |" in markdown
     for png in ("forest_plot", "calibration_plot", "weight_diagnostics_plot", "differences_plot"):
         assert (reporting / f"{png}.png").stat().st_size > 5_000
+        # The page embeds the very file the plot node saved (drawn once), which the Markdown links.
+        embedded = base64.b64encode((reporting / f"{png}.png").read_bytes()).decode()
+        assert f"alt='{png}' src='data:image/png;base64,{embedded}'" in html and f"]({png}.png)" in markdown
     assert (reporting / "label_budget.csv").exists() and (reporting / "stage_summary.csv").exists()
 
 

@@ -175,6 +175,38 @@ def test_report_has_every_section_with_content(run):
     plt.close("all")
 
 
+def test_report_embeds_given_figure_pngs_as_they_are_and_draws_none(run):
+    """The reporting node passes the plot nodes' PNGs: the report embeds those bytes and draws no figure again."""
+    import base64
+
+    from arena_cje.report import figure_png
+
+    result, estimates, truth = run
+    plt.close("all")
+    pngs = {name: figure_png(draw()) for name, draw in {
+        "forest_plot": lambda: plot_forest(estimates),
+        "differences_plot": lambda: plot_differences(result.differences, "pi_0"),
+        "calibration_plot": lambda: plot_calibration(result.calibration),
+        "weight_diagnostics_plot": lambda: plot_weight_diagnostics(result.weights, result.config.gates.hill_warn),
+    }.items()}
+    plt.close("all")
+    html, md, sections = build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=estimates,
+                                      policy_differences=result.differences, estimation_result=result,
+                                      policy_truth=truth, figures=pngs)
+    assert plt.get_fignums() == []  # nothing drawn
+    for name, png in pngs.items():
+        assert f"src='data:image/png;base64,{base64.b64encode(png).decode()}'" in html, name
+        assert f"]({name}.png)" in md
+    shown = [b for s in sections for b in s.blocks if hasattr(b, "figure")]
+    assert sorted(b.name for b in shown) == sorted(pngs) and all(b.figure is pngs[b.name] for b in shown)
+
+    # Without them the same four figures are drawn (and embedded).
+    html_drawn, _, _ = build_report(configuration=CONFIGURATION, baseline="pi_0", policy_estimates=estimates,
+                                    policy_differences=result.differences, estimation_result=result, policy_truth=truth)
+    assert len(plt.get_fignums()) == 4 and html_drawn.count("data:image/png;base64,") == 4
+    plt.close("all")
+
+
 def budget(result, estimates):
     """The budget planner's table for each policy's speaking estimator."""
     from arena_cje.report.budget import plan_budget_table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -55,6 +55,7 @@ def build_report(
     label_budget: pd.DataFrame | None = None,
     comparisons: pd.DataFrame | None = None,
     decisions: pd.DataFrame | None = None,
+    figures: Mapping[str, bytes] | None = None,
     title: str = "Arena CJE run report",
 ) -> tuple[str, str, list[Section]]:
     """Build the report.
@@ -78,6 +79,9 @@ def build_report(
             ``estimation_result`` if omitted.
         decisions: Best policy / runner-up per estimator (``EstimationResult.decisions``); taken
             from ``estimation_result`` if omitted.
+        figures: PNGs of the report's figures by name (``forest_plot``, ``differences_plot``,
+            ``calibration_plot``, ``weight_diagnostics_plot``), drawn from the same inputs by the
+            plot nodes; a figure not given is drawn here.
         title: Page title.
 
     Returns:
@@ -92,6 +96,11 @@ def build_report(
     calibration = getattr(estimation_result, "calibration", None)
     weights = getattr(estimation_result, "weights", {}) or {}
     sections: list[Section] = []
+    rendered = dict(figures or {})
+
+    def figure(name: str, draw: Callable[[], Any], caption: str) -> Figure:
+        """The figure block ``name``: its given PNG, else drawn (drawing is the report's slowest part)."""
+        return Figure(name, rendered[name] if name in rendered else draw(), caption)
 
     verdicts = policy_verdicts(policy_estimates, policy_differences, baseline, transport)
     if comparisons is None:
@@ -140,14 +149,14 @@ def build_report(
 
     shown = policy_estimates.drop(columns=[c for c in ("var_if", "var_oua", "df") if c in policy_estimates])
     sections.append(Section("estimates", "Estimates", [
-        Figure("forest_plot", plot_forest(policy_estimates),
+        figure("forest_plot", lambda: plot_forest(policy_estimates),
                "Every estimator's estimate and CI per policy; dashed line: true value where known; faded x: refused."),
         shown,
     ]))
 
     vs = differences_vs_baseline(policy_differences, baseline)
     sections.append(Section("differences", f"Paired differences against {baseline}", [
-        Figure("differences_plot", plot_differences(policy_differences, baseline),
+        figure("differences_plot", lambda: plot_differences(policy_differences, baseline),
                f"policy − {baseline} on shared prompts; an interval excluding 0 is a clear difference."),
         vs if len(vs) else f"No paired differences against {baseline}.",
     ]))
@@ -160,7 +169,7 @@ def build_report(
             {"quantity": "mean absolute calibration error", "value": calibration.mean_abs_calibration_error},
             *({"quantity": f"fold stability: {k}", "value": v} for k, v in calibration.fold_stability.items()),
         ])
-        cal_blocks: list[Any] = [Figure("calibration_plot", plot_calibration(calibration),
+        cal_blocks: list[Any] = [figure("calibration_plot", lambda: plot_calibration(calibration),
                                         "Left: labelled responses and the judge→oracle calibrator. Right: binned reliability."),
                                  cal_table, calibration.selection]
     else:
@@ -170,7 +179,7 @@ def build_report(
     if weights:
         wt = estimation_result.weights_table
         sections.append(Section("weights", "Importance-weight diagnostics", [
-            Figure("weight_diagnostics_plot", plot_weight_diagnostics(weights, hill_warn),
+            figure("weight_diagnostics_plot", lambda: plot_weight_diagnostics(weights, hill_warn),
                    "Raw log-weights, ESS fraction before/after SIMCal stabilisation, Hill tail index."),
             wt,
         ]))

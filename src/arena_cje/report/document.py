@@ -15,10 +15,13 @@ import pandas as pd
 
 @dataclass
 class Figure:
-    """A figure block: ``name`` is also its PNG file name next to the Markdown report."""
+    """A figure block: ``name`` is also its PNG file name next to the Markdown report.
+
+    ``figure`` is a Matplotlib figure or the PNG already rendered from it (the plot node's file).
+    """
 
     name: str
-    figure: plt.Figure
+    figure: plt.Figure | bytes
     caption: str = ""
 
 
@@ -32,8 +35,10 @@ class Section:
     blocks: list[Any] = field(default_factory=list)
 
 
-def figure_png(fig: plt.Figure, dpi: int = 110) -> bytes:
-    """PNG bytes of a Matplotlib figure."""
+def figure_png(fig: plt.Figure | bytes, dpi: int = 110) -> bytes:
+    """PNG bytes of a Matplotlib figure (PNG bytes are returned as they are)."""
+    if isinstance(fig, bytes):
+        return fig
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()

@@ -216,12 +216,9 @@ class SimulatedBackend:
         if ended is not None and len(ended) != len(prompts):
             raise ValueError(f"{len(ended)} ended flags for {len(prompts)} prompts")
         pol = self._policy(policy)
-        out = []
-        tabs: list[Tables] = []
+        out: list[TeacherForced | None] = []
+        scored: list[tuple[int, str, np.ndarray, bool]] = []  # (row, prompt, word ids, EOT scored)
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-            if i % _TF_CHUNK == 0:  # the next chunk's tables, built in one batch
-                chunk = [self.features(p) for p in prompts[i:i + _TF_CHUNK]]
-                tabs = self.world.tables_many(chunk, pol, policy.temperature, policy.max_tokens)
             words = response.split()
             word_ids = [WORD_INDEX.get(w, -1) for w in words]
             if -1 in word_ids:
@@ -244,10 +241,18 @@ class SimulatedBackend:
                         f" is possible there under policy {policy.name}")))
                     continue
                 include_eot = bool(ended[i])
-            total, _ = WorldModel.score(tabs[i % _TF_CHUNK], np.array(word_ids, dtype=np.int64), include_eot)
-            out.append(TeacherForced(logprob=total, n_tokens=len(words) + include_eot, error=None,
-                                     tail_mass_bound=0.0))
-        return out
+            out.append(None)
+            scored.append((i, prompt, np.array(word_ids, dtype=np.int64), include_eot))
+        # Only the entries on each path are computed (no tables), in chunks that keep the
+        # prompts' (U, V) word arrays small; bitwise the tables' log-probs (WorldModel.score_paths).
+        for start in range(0, len(scored), _TF_CHUNK):
+            chunk = scored[start:start + _TF_CHUNK]
+            totals = self.world.score_paths([self.features(p) for _, p, _, _ in chunk], pol, policy.temperature,
+                                            policy.max_tokens, [ids for _, _, ids, _ in chunk],
+                                            [eot for _, _, _, eot in chunk])
+            for (i, _, ids, eot), total in zip(chunk, totals, strict=True):
+                out[i] = TeacherForced(logprob=total, n_tokens=int(ids.size) + eot, error=None, tail_mass_bound=0.0)
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ quality, judge, raters
     def _stats(self, prompts: list[str], responses: list[str], with_hidden: bool = True):

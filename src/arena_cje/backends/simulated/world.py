@@ -97,6 +97,13 @@ def _lse_tables(x: np.ndarray) -> np.ndarray:
     return m + np.log(np.cumsum(np.exp(x - m[:, :, None]), axis=2)[:, :, -1])
 
 
+def _check_table_arguments(T: float, max_tokens: int) -> None:
+    if not T > 0:
+        raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+
+
 _FEW_ROWS = 4  # up to this many rows, ``hidden_quality`` hashes word by word in Python
 
 
@@ -260,30 +267,13 @@ class WorldModel:
 
     def _build_many(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, max_tokens: int) -> list[Tables]:
         """Tables of several prompts under one policy, arrays (U, S, V) at once (formulas: module docstring)."""
-        if not T > 0:
-            raise ValueError(f"temperature must be > 0 for sampling with log-probs, got {T}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        words = [self._prompt_words(pf) for pf in pfs]
-        cls = np.stack([w[0] for w in words])                                       # (U, V)
-        word = np.stack([w[1] for w in words])                                      # (U, V)
-        d = np.array([pf.difficulty for pf in pfs])
-        wp = self.params
-        shift = np.tile(np.asarray(pol.class_shift, dtype=np.float64), (len(pfs), 1))  # (U, C)
-        shift[:, ERR] += wp.error_difficulty_shift * d + wp.error_shift_offset    # harder prompts -> more errors
-        shift[:, REA] += wp.reasoning_difficulty_shift * d                        # ... and more reasoning
-        if pol.cot:
-            shift[:, ERR] += wp.cot_error_difficulty_shift * d    # step-by-step helps most where it is hard
-        class_logit = BASE_CLASS_LOGIT[None, None, :] + TRANSITION[None] + shift[:, None, :]   # (U, S, C)
-        per_word = np.ascontiguousarray(np.take_along_axis(
-            class_logit, np.broadcast_to(cls[:, None, :], (len(pfs), N_STATES, N_WORDS)), axis=2))
-        z = self.logit_scale * (per_word + word[:, None, :])                      # (U, S, V)
+        _check_table_arguments(T, max_tokens)
+        cls, word, class_logit = self._logit_parts(pfs, pol)
+        z = self._logits(cls, word, class_logit)                                  # (U, S, V)
         zT = z / T
         lse1, lseT = self._log_sum_exps(pfs, pol, T, z, zT)                       # (U, S) each
-        L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
-        t = np.arange(max_tokens, dtype=np.float64)
         z_eot = (lse1[:, :, None] + EOT_OFFSET[None, :, None]
-                 + self.eot_slope * np.log((t[None, None, :] + 1.0) / L[:, None, None]))
+                 + self.eot_slope * self._log_position(pfs, pol, max_tokens))
         zeT = z_eot / T
         logZ = np.logaddexp(lseT[:, :, None], zeT)
         logp_eot = zeT - logZ
@@ -295,6 +285,50 @@ class WorldModel:
             arr.setflags(write=False)
         cls64 = cls.astype(np.int64)
         return [Tables(zT=zT[u], logZ=logZ[u], logp_eot=logp_eot[u], cdf=cdf[u], cls=cls64[u]) for u in range(len(pfs))]
+
+    def _logit_parts(self, pfs: list[PromptFeatures],
+                     pol: PolicyFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Word classes (U, V), word logits (U, V) and class logits (U, S, C) of prompts under a policy."""
+        words = [self._prompt_words(pf) for pf in pfs]
+        cls = np.stack([w[0] for w in words])                                       # (U, V)
+        word = np.stack([w[1] for w in words])                                      # (U, V)
+        d = np.array([pf.difficulty for pf in pfs])
+        wp = self.params
+        shift = np.tile(np.asarray(pol.class_shift, dtype=np.float64), (len(pfs), 1))  # (U, C)
+        shift[:, ERR] += wp.error_difficulty_shift * d + wp.error_shift_offset    # harder prompts -> more errors
+        shift[:, REA] += wp.reasoning_difficulty_shift * d                        # ... and more reasoning
+        if pol.cot:
+            shift[:, ERR] += wp.cot_error_difficulty_shift * d    # step-by-step helps most where it is hard
+        class_logit = BASE_CLASS_LOGIT[None, None, :] + TRANSITION[None] + shift[:, None, :]   # (U, S, C)
+        return cls, word, class_logit
+
+    def _logits(self, cls: np.ndarray, word: np.ndarray, class_logit: np.ndarray) -> np.ndarray:
+        """The full word logits ``z`` (U, S, V) at temperature 1."""
+        per_word = np.ascontiguousarray(np.take_along_axis(
+            class_logit, np.broadcast_to(cls[:, None, :], (len(cls), N_STATES, N_WORDS)), axis=2))
+        return self.logit_scale * (per_word + word[:, None, :])
+
+    @staticmethod
+    def _log_position(pfs: list[PromptFeatures], pol: PolicyFeatures, max_tokens: int) -> np.ndarray:
+        """``log((t + 1) / L)`` of the EOT logit, shape (U, 1, max_tokens)."""
+        L = np.maximum(np.array([pf.target_length * pol.length_mult for pf in pfs]), 2.0)
+        t = np.arange(max_tokens, dtype=np.float64)
+        return np.log((t[None, None, :] + 1.0) / L[:, None, None])
+
+    def _known_log_sum_exps(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, cls: np.ndarray,
+                            word: np.ndarray, class_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The tables' two log-sum-exp rows (U, S) each: remembered ones, the others from their full logits."""
+        known = [self._lse_cache.get((pf, pol, T)) for pf in pfs]
+        missing = [i for i, hit in enumerate(known) if hit is None]
+        lse1 = np.empty((len(pfs), N_STATES))
+        lseT = np.empty((len(pfs), N_STATES))
+        for i, hit in enumerate(known):
+            if hit is not None:
+                lse1[i], lseT[i] = hit
+        if missing:
+            z = self._logits(cls[missing], word[missing], class_logit[missing])
+            lse1[missing], lseT[missing] = self._log_sum_exps([pfs[i] for i in missing], pol, T, z, z / T)
+        return lse1, lseT
 
     def _log_sum_exps(self, pfs: list[PromptFeatures], pol: PolicyFeatures, T: float, z: np.ndarray,
                       zT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +420,49 @@ class WorldModel:
         return {"tokens": tokens, "length": length, "ended": ended, "logprob": total, "token_logprobs": tlp}
 
     # ------------------------------------------------------------------ teacher forcing
+    def score_paths(self, pfs: list[PromptFeatures], pol: PolicyFeatures, temperature: float, max_tokens: int,
+                    paths: list[np.ndarray], include_eot: list[bool]) -> list[float]:
+        """``score(self.tables(pf, ...), ids, eot)[0]`` for each (prompt, word ids, EOT flag), without the tables.
+
+        Teacher forcing reads one entry of ``zT``, ``logZ`` (and ``logp_eot``) per word on the path;
+        they are computed for those entries only, from the same formulas in the same order as the
+        table builder (element-wise operations; the log-sum-exp rows are the remembered or freshly
+        computed full ones), so every log-prob is bitwise the table's.
+        """
+        T, mt = float(temperature), int(max_tokens)
+        _check_table_arguments(T, mt)
+        if not pfs:
+            return []
+        index: dict[PromptFeatures, int] = {}
+        rows = np.array([index.setdefault(pf, len(index)) for pf in pfs], dtype=np.int64)
+        uniq = list(index)
+        cls, word, class_logit = self._logit_parts(uniq, pol)
+        lse1, lseT = self._known_log_sum_exps(uniq, pol, T, cls, word, class_logit)
+        log_pos = self._log_position(uniq, pol, mt)[:, 0, :]                      # (U, max_tokens)
+        n = np.array([p.size for p in paths], dtype=np.int64)
+        steps = n + np.asarray(include_eot, dtype=np.int64)                       # entries per path
+        u = np.repeat(rows, steps)
+        pos = np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)  # 0, 1, ... within a path
+        is_eot = pos == np.repeat(n, steps)
+        ids = np.zeros(u.size, dtype=np.int64)
+        ids[~is_eot] = np.concatenate([*paths, np.zeros(0, dtype=np.int64)])
+        cls_next = cls[u, ids]                                                    # the class each word leads to
+        state = np.full(u.size, START, dtype=np.int64)                            # the state before each step
+        later = pos > 0
+        state[later] = cls_next[np.flatnonzero(later) - 1]
+        zeT = ((lse1[u, state] + EOT_OFFSET[state]) + self.eot_slope * log_pos[u, pos]) / T
+        logZ = np.logaddexp(lseT[u, state], zeT)
+        zT = (self.logit_scale * (class_logit[u, state, cls_next] + word[u, ids])) / T
+        lps = np.where(is_eot, zeT, zT) - logZ
+        totals, start = [], 0
+        for k in steps.tolist():  # summed left to right from 0.0, as ``sample`` and ``score`` do
+            total = 0.0
+            for x in lps[start:start + k].tolist():
+                total += x
+            totals.append(total)
+            start += k
+        return totals
+
     @staticmethod
     def score(tab: Tables, ids: np.ndarray, include_eot: bool) -> tuple[float, np.ndarray]:
         """Exact log-prob of word ids (then EOT if ``include_eot``) under ``tab``.

@@ -83,12 +83,21 @@ def write_report(
     label_budget: pd.DataFrame | None,
     comparisons: pd.DataFrame | None,
     policy_decisions: pd.DataFrame | None,
+    forest_plot: bytes,
+    differences_plot: bytes,
+    calibration_plot: bytes,
+    weight_diagnostics_plot: bytes,
     logging_policy: str,
     **configuration: Any,
 ) -> tuple[str, str]:
     """The run report as one self-contained HTML page and as Markdown.
 
+    The figures are the PNG files the plot nodes saved (drawn from the same inputs), embedded
+    as they are: the report draws none of them again.
+
     Args:
+        forest_plot, differences_plot, calibration_plot, weight_diagnostics_plot: The plot
+            nodes' PNGs (``arena_cje.datasets.PngFigureDataset``); the Markdown links the same files.
         logging_policy: ``logging_policy`` parameter (the baseline of differences and verdicts).
         **configuration: The parameter blocks shown in the report's configuration section, by
             block name (``reporting.pipeline.CONFIGURATION_BLOCKS``); ``backend`` is the backend's
@@ -104,6 +113,7 @@ def write_report(
         stage_summary=stage_summary_table, prompt_filter_report=prompt_filter_report,
         labeling_summary=labeling_summary, label_budget=label_budget, comparisons=comparisons,
         decisions=policy_decisions,
+        figures={"forest_plot": forest_plot, "differences_plot": differences_plot,
+                 "calibration_plot": calibration_plot, "weight_diagnostics_plot": weight_diagnostics_plot},
     )
-    plt.close("all")  # the report's figures are embedded; free them
     return html, markdown

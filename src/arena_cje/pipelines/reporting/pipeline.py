@@ -29,7 +29,8 @@ CONFIGURATION_BLOCKS = {
     "backend": "params:backend.name",
 }
 
-#: The datasets ``write_report`` reads, by argument name.
+#: The datasets ``write_report`` reads, by argument name (the plots: the PNGs the plot nodes saved, embedded as
+#: they are rather than drawn a second time).
 REPORT_INPUTS = {
     "policy_estimates": "policy_estimates",
     "policy_differences": "policy_differences",
@@ -42,6 +43,7 @@ REPORT_INPUTS = {
     "label_budget": "label_budget",
     "comparisons": "comparisons",
     "policy_decisions": "policy_decisions",
+    **{plot: plot for plot in ("forest_plot", "differences_plot", "calibration_plot", "weight_diagnostics_plot")},
     "logging_policy": "params:logging_policy",
 }
 
