@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize, stats
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.cje.calibration import fit_calibration
+from arena_cje.cje.inference import bias_aware_critical_value
+from arena_cje.cje.levels import bias_aware_half_width
 from arena_cje.cje.transport import Contributions, combine_levels
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,7 +98,18 @@ def test_combination_closed_form():
     lam = np.clip((b2 + vb - cbc) / (vd + b2), 0, 1)
     assert rep.weight == pytest.approx(lam, abs=1e-9)
     assert rep.estimate == pytest.approx(base.mean() + lam * dhat, abs=1e-12)
-    assert rep.var_transport == pytest.approx((1 - lam) ** 2 * b2, abs=1e-15)
+    # Bias-aware interval: half-width cv_alpha((1 - lam) |d_hat| / s, df) s with s^2 the variance of
+    # B + lam d_hat (here the cluster variance of its contributions; no replicates), df = G - 1 without a
+    # probe-term split (probe_var is attributed to the probe's m - 1 df below).
+    s2 = np.var(base + lam * probe, ddof=1) / g
+    assert rep.var_if == pytest.approx(s2, rel=1e-12) and rep.var_oua == 0.0
+    half = bias_aware_critical_value((1 - lam) * abs(dhat) / np.sqrt(s2), rep.df, 0.05) * np.sqrt(s2)
+    assert rep.ci_upper - rep.estimate == pytest.approx(half, rel=1e-9)
+    assert rep.estimate - rep.ci_lower == pytest.approx(half, rel=1e-9)
+    # std_error is the effective SE (interval = estimate +/- t se) and the variance parts add up to it.
+    assert rep.std_error * stats.t.ppf(0.975, rep.df) == pytest.approx(half, rel=1e-9)
+    assert rep.var_if + rep.var_oua + rep.var_transport == pytest.approx(rep.std_error**2, rel=1e-12)
+    assert rep.var_transport > 0  # the gap d_hat is nonzero, so the interval carries a bias allowance
     # A gap far beyond the probe's noise: b2 ~ d^2 dominates and the weight goes to the corrected value.
     far = combine_levels(b, _contrib(base + probe + 0.3), 40, 0.001, 5, 0.05, force_corrected=False)
     assert far.weight > 0.95 and far.bias_sq > 0.08
@@ -140,7 +154,8 @@ def test_graded_rule_sources_per_state():
     # The weight's bias term never exceeds the squared gap this policy's own probe shows; the interval's is
     # at least as large.
     assert hot.transport_bias_sq <= (hot.corrected_estimate - hot.borrowed_estimate) ** 2 + 1e-15
-    assert hot.var_transport >= (1 - hot.probe_weight) ** 2 * hot.transport_bias_sq - 1e-15
+    bound = (1 - hot.probe_weight) * abs(hot.corrected_estimate - hot.borrowed_estimate)
+    assert hot.ci_upper - hot.estimate >= bias_aware_half_width(bound, hot.var_if + hot.var_oua, hot.df, 0.05) - 1e-12
     assert hot.ci_lower <= true_value("pi_hot") <= hot.ci_upper
     # The report table: one row per policy with its state.
     assert set(res.transport_table["state"]) == {"FAIL", "NOT_CHECKED", a["pi_hot"].state}
@@ -164,10 +179,21 @@ def test_pooled_shrinkage_weight_and_variance():
         assert 0.0 <= lam <= 1.0
         rep = combine_levels(mo.b, mo.c, 50, 0.0, 5, 0.05, bias_sq=tau2, source="shrunk", moments=mo)
         assert rep.weight == pytest.approx(lam) and rep.source == "shrunk"
-        assert rep.var_transport == pytest.approx((1 - lam) ** 2 * tau2, abs=1e-15)
+        bound = (1 - lam) * np.sqrt(max(mo.d**2, tau2))
+        assert rep.ci_upper - rep.estimate == pytest.approx(
+            bias_aware_half_width(bound, rep.var_if + rep.var_oua, rep.df, 0.05), rel=1e-9)
         assert rep.estimate == pytest.approx(mo.b.estimate + lam * mo.d, abs=1e-12)
     # No revealed gap anywhere: tau^2 = 0 and the weight is the minimum-variance one (< 1).
     assert pooled_bias_sq([]) == 0.0
+
+
+def _interval_gap(row) -> float:
+    """The gap G of a reported row's bias bound (1 - lam) G, recovered from its half-width (levels.py)."""
+    half, var = row.ci_upper - row.estimate, row.var_if + row.var_oua
+    if half <= bias_aware_half_width(0.0, var, row.df, 0.05) * (1 + 1e-12):
+        return 0.0
+    bound = optimize.brentq(lambda m: bias_aware_half_width(m, var, row.df, 0.05) - half, 0.0, half)
+    return bound / (1 - row.probe_weight)
 
 
 def test_precision_shrinkage_keeps_the_gap_out_of_the_weight_and_in_the_interval():
@@ -187,8 +213,9 @@ def test_precision_shrinkage_keeps_the_gap_out_of_the_weight_and_in_the_interval
         assert a.level_source == "shrunk" and a.transport_bias_sq == 0.0  # no estimated gap in the weight
         assert 0.0 <= a.probe_weight <= b.probe_weight + 1e-12 < 1.0  # lam* grows with the squared gap
         assert a.estimate == pytest.approx(a.borrowed_estimate + a.probe_weight * (a.corrected_estimate - a.borrowed_estimate))
-        # The same squared gap max(b2_hat, tau2_hat) enters both intervals, scaled by the unremoved share.
-        assert a.var_transport / (1 - a.probe_weight) ** 2 == pytest.approx(b.var_transport / (1 - b.probe_weight) ** 2, rel=1e-9)
+        # The same gap enters both intervals' bias bounds, scaled by the unremoved share (1 - lam).
+        assert _interval_gap(a) == pytest.approx(_interval_gap(b), rel=1e-6)
+        assert _interval_gap(a) >= abs(a.corrected_estimate - a.borrowed_estimate) - 1e-9
         assert a.ci_lower <= true_value(p) <= a.ci_upper
 
 

@@ -12,6 +12,12 @@ estimate, theta_hat = (1/G) sum_g psi_g. Rows of one prompt are summed into its 
 * Total V = V_IF + V_OUA; degrees of freedom by Welch-Satterthwaite,
   df = V^2 / (V_IF^2/(G-1) + V_OUA^2/(K-1)), so the t critical value reflects how much of the
   variance rests on only K - 1 jackknife degrees of freedom. CI = theta_hat +/- t_{1-alpha/2, df} sqrt(V).
+* Bias-aware critical value (Armstrong & Kolesar 2020, "Simple and honest confidence intervals in
+  nonparametric regression", Quantitative Economics 11): for an estimate with bias at most M and
+  standard error s, (theta_hat - theta) / s_hat is non-central t with df degrees of freedom and
+  non-centrality beta / s, |beta| <= M, so theta_hat +/- cv s with cv the 1 - alpha quantile of
+  |nct(df, M / s)| covers with probability >= 1 - alpha whatever the bias within the bound. It is
+  t_{1-alpha/2, df} at M = 0 and shorter than the root-sum-of-squares t sqrt(s^2 + M^2) for M > 0.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,34 @@ def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
     if v1 <= 0:
         return float(df2)
     return welch_satterthwaite([(v1, df1), (v2, df2)])
+
+
+def bias_aware_critical_value(bias_ratio: float, df: float, alpha: float) -> float:
+    """cv = the 1 - alpha quantile of |nct(df, bias_ratio)| (module docstring, "Bias-aware critical value").
+
+    Args:
+        bias_ratio: M / s, the bound on |bias| over the standard error (>= 0).
+        df: Degrees of freedom of s (inf: the folded normal ``scipy.stats.foldnorm``).
+        alpha: 1 - coverage.
+
+    Returns:
+        cv with P(|T + bias_ratio| <= cv) = 1 - alpha; the usual t_{1-alpha/2, df} when bias_ratio = 0.
+    """
+    t_b = abs(float(bias_ratio))
+    if t_b == 0.0 or not np.isfinite(t_b):
+        return float(stats.t.ppf(1 - alpha / 2, df)) if t_b == 0.0 else float("inf")
+    if not np.isfinite(df):
+        return float(stats.foldnorm.ppf(1 - alpha, t_b))
+    dist = stats.nct(df, t_b)
+    # P(|T| > x) = sf(x) + cdf(-x); the root lies between the one-tailed quantiles at alpha and alpha / 2
+    # (the lower tail holds at most alpha / 2 for a positive non-centrality).
+    lo, hi = float(dist.ppf(1 - alpha)), float(dist.ppf(1 - alpha / 2))
+    def excess(x: float) -> float:
+        return float(alpha - dist.sf(x) - np.nan_to_num(dist.cdf(-x)))
+
+    if hi <= lo or excess(lo) >= 0:  # the lower tail is negligible: the one-tailed quantile
+        return lo
+    return float(optimize.brentq(excess, lo, hi))
 
 
 def t_interval(estimate: float, psi: np.ndarray, oua_replicates: np.ndarray | None, alpha: float,

@@ -33,10 +33,23 @@ recomputed with the delete-one-fold calibrator f^(-k), as in ``inference.py``):
 Stratified probes (``inclusion_prob``): the probe mean, its variance and the probe term of the
 contributions use the probe design's Horvitz-Thompson weights (``audit.py``, "Stratified probes").
 
-Interval of the reported value: V = Var(B + lambda d_hat) + (1 - lambda)^2 b2_hat (the
-transport uncertainty the probe reveals enters as the unremoved squared bias); t interval with
-Welch-Satterthwaite df over the components (fresh/logged part G - 1 df, probe part m - 1 df,
-OUA part K - 1 df, bias term m - 1 df).
+Interval of the reported value theta_lambda (bias-aware; ``inference.bias_aware_critical_value``):
+its sampling variance s^2 = Var(B + lambda d_hat) (cluster IF + OUA jackknife) with Welch-Satterthwaite
+df over the components (fresh/logged part G - 1 df, probe part m - 1 df, OUA part K - 1 df), and a
+bound on its remaining transport bias (1 - lambda) |b|,
+
+    M = (1 - lambda) sqrt(max(d_hat^2, b_I^2)),   half-width = cv_alpha(M / s, df) s,
+
+with b_I^2 the squared gap the rule assigns to the interval (b2_hat, or max(b2_hat, tau2_hat) for the
+shrinkages of ``transport.py``) and cv the 1 - alpha quantile of |nct(df, M / s)| (Armstrong & Kolesar
+2020). d_hat^2 and not b2_hat is the plug-in for b^2 because b2_hat = max(0, d_hat^2 - V_d) is 0
+whenever the gap is within the probe's noise, which with 50 labels is most draws even for a real
+gap of 0.02 (V_d ~ 0.027^2): the interval then carried no transport term and under-covered
+(probe study, docs/statistics.md); E d_hat^2 = b^2 + V_d errs wide instead, and the folded critical
+value (shorter than t sqrt(s^2 + M^2) for every M > 0) pays for it. lambda = 1 (probe-corrected) has
+M = 0: the plain t interval. ``std_error`` is the effective SE half-width / t_{1-alpha/2, df} (so the
+row's interval is estimate +/- t se like every other row) and ``var_transport`` = se^2 - V_IF - V_OUA,
+the variance equivalent of the bias allowance.
 
 PPI++ level (Angelopoulos, Duchi & Zrnic 2023), reported by the ``ppi`` rule:
 theta_PPI = lam theta_direct + HT-mean_j (Y_j - lam f(S_j)) with the power-tuned lam of
@@ -59,7 +72,7 @@ from scipy import stats
 
 from arena_cje.cje.audit import ProbeDesign, probe_design
 from arena_cje.cje.estimators import EstimatorOutput
-from arena_cje.cje.inference import cluster_covariance, jackknife_covariance, jackknife_variance, welch_satterthwaite
+from arena_cje.cje.inference import bias_aware_critical_value, cluster_covariance, jackknife_covariance, jackknife_variance, welch_satterthwaite
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,8 @@ class LevelReport:
         weight: lambda (weight of the probe-corrected value; 1 = fully corrected).
         bias_sq: b2_hat, the squared transport gap of B revealed beyond noise.
         var_if, var_oua, var_transport: Variance parts of the reported value (cluster IF, OUA
-            jackknife, unremoved squared transport gap (1 - lambda)^2 b2_hat).
+            jackknife, and the variance equivalent of the bias allowance for the unremoved transport
+            gap; std_error^2 is their sum, module docstring "Interval of the reported value").
         contributions: psi and replicates of the reported value (for paired differences).
     """
 
@@ -229,6 +243,20 @@ def pooled_bias_sq(moments: list[LevelMoments]) -> float:
     return float(max(0.0, np.mean(vals))) if vals else 0.0
 
 
+def bias_aware_half_width(bias_bound: float, variance: float, df: float, alpha: float) -> float:
+    """Half-width cv s of the interval of a level with |bias| <= ``bias_bound`` and sampling variance s^2.
+
+    cv = ``inference.bias_aware_critical_value(bias_bound / s, df, alpha)`` (module docstring,
+    "Interval of the reported value"); a level without sampling noise (s = 0) gets the bound itself.
+    """
+    if not np.isfinite(variance):
+        return float("nan")
+    s = float(np.sqrt(max(variance, 0.0)))
+    if s == 0.0:
+        return float(bias_bound)
+    return bias_aware_critical_value(bias_bound / s, df, alpha) * s
+
+
 def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float, n_folds: int, alpha: float,
                    force_corrected: bool = False, bias_sq: float | None = None, source: str | None = None,
                    moments: LevelMoments | None = None, interval_bias_sq: float | None = None) -> LevelReport:
@@ -242,13 +270,14 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
         n_folds: K (df of the OUA part is K - 1).
         alpha: 1 - CI level.
         force_corrected: lam = 1 (audit FAIL, REFUSE-LEVEL, the PPI++ rule).
-        bias_sq: The squared transport gap of B used for lam and (unless ``interval_bias_sq``) for the
-            unremoved-bias variance term: None = this policy's own b2_hat (``combined``); the
-            ``pooled`` shrinkage passes min(b2_hat, tau^2) (``pooled_bias_sq``).
+        bias_sq: The squared transport gap of B used for lam and (unless ``interval_bias_sq``) in the
+            interval's bias bound: None = this policy's own b2_hat (``combined``); the ``pooled``
+            shrinkage passes min(b2_hat, tau^2) (``pooled_bias_sq``).
         source: ``level_source`` to record (default ``probe_corrected`` / ``combined``).
         moments: Precomputed ``level_moments(b, c)``.
-        interval_bias_sq: The squared gap whose unremoved share (1 - lam)^2 enters the variance, when it
-            differs from the one that sets lam (default ``bias_sq``).
+        interval_bias_sq: The squared gap b_I^2 of the interval's bias bound
+            M = (1 - lam) sqrt(max(d_hat^2, b_I^2)), when it differs from the one that sets lam (default
+            ``bias_sq``).
     """
     mo = moments or level_moments(b, c)
     b2 = mo.b2 if bias_sq is None else float(bias_sq)
@@ -260,14 +289,14 @@ def combine_levels(b: Contributions, c: Contributions, m: int, probe_var: float,
         reps = (1 - lam) * b.replicates + lam * c.replicates
     v_if = cluster_covariance(psi, psi)
     v_oua = jackknife_variance(reps)
-    v_bias = (1 - lam) ** 2 * (b2 if interval_bias_sq is None else float(interval_bias_sq))
-    v = v_if + v_oua + v_bias
     # df split: the probe term of psi has m - 1 df, the rest G - 1.
     probe_part = min(lam**2 * probe_var, v_if)
-    df = welch_satterthwaite([(v_if - probe_part, len(psi) - 1), (probe_part, m - 1), (v_oua, n_folds - 1),
-                              (v_bias, m - 1)])
-    se = float(np.sqrt(v))
+    df = welch_satterthwaite([(v_if - probe_part, len(psi) - 1), (probe_part, m - 1), (v_oua, n_folds - 1)])
     q = float(stats.t.ppf(1 - alpha / 2, df)) if np.isfinite(df) else float(stats.norm.ppf(1 - alpha / 2))
+    gap_sq = b2 if interval_bias_sq is None else float(interval_bias_sq)
+    half = bias_aware_half_width((1 - lam) * float(np.sqrt(max(mo.d**2, gap_sq))), v_if + v_oua, df, alpha)
+    se = half / q  # the effective SE: the interval is est +/- q se like every other row
+    v_bias = max(se**2 - v_if - v_oua, 0.0)
     source = source or ("probe_corrected" if force_corrected else "combined")
     return LevelReport(source, float(est), se, est - q * se, est + q * se, df, b.estimate, c.estimate,
                        float(np.sqrt(mo.vc)), lam, b2, v_if, v_oua, v_bias,

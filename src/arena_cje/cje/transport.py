@@ -22,15 +22,15 @@ Reporting rule (``EstimationConfig.transport_rule``), for borrowed level rows of
   level may be reported (no FAIL, no REFUSE-LEVEL); policy p's weight is lambda* with
   b^2 = min(b2_hat_p, tau2_hat) (its own revealed squared gap, capped by the family's: with two or
   three policies the pooled moment is itself noisy, and one adversarial policy would otherwise pull
-  every benign policy's weight toward its probe), and its interval adds
-  (1 - lambda)^2 max(b2_hat_p, tau2_hat) (the larger of the two estimates of the squared gap left);
+  every benign policy's weight toward its probe), and its interval's bias bound is
+  (1 - lambda) sqrt(max(d_hat_p^2, b2_hat_p, tau2_hat)) (``levels.py``, "Interval of the reported value");
   or ``precision`` (the default; ``shrunk``): lambda* with b^2 = 0, the covariance-aware
   minimum-variance weight (Var(B) - Cov_BC) / V_d: the gap the audit could not grade enters the
-  interval only, with the same (1 - lambda)^2 max(b2_hat_p, tau2_hat) as ``pooled``. Why: b2_hat_p and
+  interval only, with the same bias bound as ``pooled``. Why: b2_hat_p and
   tau2_hat are noisy (b2_hat_p has SD ~ sqrt(2) V_d when the gap is 0, and tau2_hat averages two or
   three policies), and a noisy squared gap in the weight adds more variance than the bias it removes
   while b^2 <~ V_d. A gap beyond the margin is FAIL (lambda = 1); an INCONCLUSIVE large gap keeps the
-  minimum-variance weight and its unremoved square in the interval (on the Arena sample the
+  minimum-variance weight and its unremoved share in the interval's bias bound (on the Arena sample the
   adversarial policy's INCONCLUSIVE draws get lambda 0.4-1 from Var(B) alone, its calibration
   extrapolating). Chosen by the probe study (docs/statistics.md).
 * ``correct`` (the rule before the graded audit): C when |delta_hat| > margin and the t test of
