@@ -13,11 +13,13 @@ estimate, theta_hat = (1/G) sum_g psi_g. Rows of one prompt are summed into its 
   df = V^2 / (V_IF^2/(G-1) + V_OUA^2/(K-1)), so the t critical value reflects how much of the
   variance rests on only K - 1 jackknife degrees of freedom. CI = theta_hat +/- t_{1-alpha/2, df} sqrt(V).
 * Bias-aware critical value (Armstrong & Kolesar 2020, "Simple and honest confidence intervals in
-  nonparametric regression", Quantitative Economics 11): for an estimate with bias at most M and
-  standard error s, (theta_hat - theta) / s_hat is non-central t with df degrees of freedom and
-  non-centrality beta / s, |beta| <= M, so theta_hat +/- cv s with cv the 1 - alpha quantile of
-  |nct(df, M / s)| covers with probability >= 1 - alpha whatever the bias within the bound. It is
-  t_{1-alpha/2, df} at M = 0 and shorter than the root-sum-of-squares t sqrt(s^2 + M^2) for M > 0.
+  nonparametric regression", Quantitative Economics 11): for an estimate theta_hat = theta + beta + noise
+  with |beta| <= M and noise N(0, s^2), theta_hat +/- cv_alpha(M / s) s with cv_alpha(t) the 1 - alpha
+  quantile of |t + Z| (folded normal) covers with probability >= 1 - alpha whatever the bias within the
+  bound, with equality at |beta| = M. With s estimated on df degrees of freedom Z becomes Student's
+  T_df: cv = the 1 - alpha quantile of |M / s_hat + T_df| (the t interval at M = 0; the bound M is in
+  the estimate's units and is not rescaled by s_hat / s). It is shorter than the root-sum-of-squares
+  t sqrt(s^2 + M^2) for every M > 0.
 """
 
 from __future__ import annotations
@@ -93,29 +95,30 @@ def satterthwaite_df(v1: float, df1: float, v2: float, df2: float) -> float:
 
 
 def bias_aware_critical_value(bias_ratio: float, df: float, alpha: float) -> float:
-    """cv = the 1 - alpha quantile of |nct(df, bias_ratio)| (module docstring, "Bias-aware critical value").
+    """cv = the 1 - alpha quantile of |bias_ratio + T_df| (module docstring, "Bias-aware critical value").
 
     Args:
-        bias_ratio: M / s, the bound on |bias| over the standard error (>= 0).
-        df: Degrees of freedom of s (inf: the folded normal ``scipy.stats.foldnorm``).
+        bias_ratio: M / s_hat, the bound on |bias| over the standard error (its sign is irrelevant).
+        df: Degrees of freedom of s_hat (inf: the folded normal ``scipy.stats.foldnorm``).
         alpha: 1 - coverage.
 
     Returns:
-        cv with P(|T + bias_ratio| <= cv) = 1 - alpha; the usual t_{1-alpha/2, df} when bias_ratio = 0.
+        cv with P(|bias_ratio + T| <= cv) = 1 - alpha; the usual t_{1-alpha/2, df} when bias_ratio = 0.
     """
     t_b = abs(float(bias_ratio))
-    if t_b == 0.0 or not np.isfinite(t_b):
-        return float(stats.t.ppf(1 - alpha / 2, df)) if t_b == 0.0 else float("inf")
+    if not np.isfinite(t_b):
+        return float("inf")
+    if t_b == 0.0:
+        return float(stats.t.ppf(1 - alpha / 2, df))
     if not np.isfinite(df):
         return float(stats.foldnorm.ppf(1 - alpha, t_b))
-    dist = stats.nct(df, t_b)
-    # P(|T| > x) = sf(x) + cdf(-x); the root lies between the one-tailed quantiles at alpha and alpha / 2
-    # (the lower tail holds at most alpha / 2 for a positive non-centrality).
-    lo, hi = float(dist.ppf(1 - alpha)), float(dist.ppf(1 - alpha / 2))
-    def excess(x: float) -> float:
-        return float(alpha - dist.sf(x) - np.nan_to_num(dist.cdf(-x)))
 
-    if hi <= lo or excess(lo) >= 0:  # the lower tail is negligible: the one-tailed quantile
+    def excess(x: float) -> float:  # P(|t_b + T| > x) - alpha
+        return float(stats.t.sf(x - t_b, df) + stats.t.cdf(-x - t_b, df) - alpha)
+
+    # The root lies between t_b + t_{1-alpha} (the far tail holds nothing) and t_b + t_{1-alpha/2}.
+    lo, hi = t_b + float(stats.t.ppf(1 - alpha, df)), t_b + float(stats.t.ppf(1 - alpha / 2, df))
+    if excess(lo) <= 0:  # the far tail is negligible: the one-tailed quantile
         return lo
     return float(optimize.brentq(excess, lo, hi))
 

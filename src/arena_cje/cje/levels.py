@@ -41,7 +41,7 @@ bound on its remaining transport bias (1 - lambda) |b|,
     M = (1 - lambda) sqrt(max(d_hat^2, b_I^2)),   half-width = cv_alpha(M / s, df) s,
 
 with b_I^2 the squared gap the rule assigns to the interval (b2_hat, or max(b2_hat, tau2_hat) for the
-shrinkages of ``transport.py``) and cv the 1 - alpha quantile of |nct(df, M / s)| (Armstrong & Kolesar
+shrinkages of ``transport.py``) and cv the 1 - alpha quantile of |M / s + T_df| (Armstrong & Kolesar
 2020). d_hat^2 and not b2_hat is the plug-in for b^2 because b2_hat = max(0, d_hat^2 - V_d) is 0
 whenever the gap is within the probe's noise, which with 50 labels is most draws even for a real
 gap of 0.02 (V_d ~ 0.027^2): the interval then carried no transport term and under-covered
