@@ -16,9 +16,10 @@ its default ``cluster_robust`` t interval (prompt-cluster SE plus the oracle jac
 only grade the residual (oracle - calibrated judge) on them: a prompt-clustered mean with a t interval
 at Bonferroni level 1 - 0.05/3, PASS if inside +/-0.05, FAIL if entirely outside, else (or under 20
 effective clusters) INCONCLUSIVE. A FAIL never changes the estimate or its interval; it sets the
-policy's reliability gate ``refuse_level_claims`` (and status CRITICAL). So "refuse level" below is
-the share of draws where the reference itself says not to use the level; the errors are over all
-draws (the estimate it returns either way).
+policy's reliability gate ``refuse_level_claims`` (and status CRITICAL), as does the boundary card
+(REFUSE-LEVEL: >= 5% of the policy's judge scores outside the labelled scores' range). So "refuse
+level" below is the share of draws where the reference itself says not to use the level; the errors
+are over all draws (the estimate it returns either way).
 
 Per target: mean and SD of the error, RMSE, p95 and max of |error|, coverage of ``res.ci()``,
 share within 0.05, mean CI half-width, refuse-level share (and the share where the boundary gate
