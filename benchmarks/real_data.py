@@ -50,30 +50,49 @@ import json, sys, time, tempfile, os
 import numpy as np
 spec = json.load(open(sys.argv[1]))
 import cje
-D = spec["data"]; keep = set(spec["keep"])
+D = spec["data"]
 def rd(p): return [json.loads(l) for l in open(p)]
-def strip(r, pid):
+def strip(r, pid, keep):
     r = dict(r)
     if pid not in keep: r.pop("oracle_label", None)
     return r
-t = time.time()
+def emit(res, sec):
+    # One line per analysis: estimates and t intervals (res.ci()), plus 0.9's transport audits and gates when present.
+    pols = res.metadata.get("target_policies")
+    ci = res.ci()
+    out = {p: {"estimate": float(res.estimates[i]), "ci_lower": float(ci[i][0]), "ci_upper": float(ci[i][1])} for i, p in enumerate(pols)}
+    audits = {p: {k: a.get(k) for k in ("status", "delta_hat", "delta_ci", "delta_se", "delta_max", "n_probe")}
+              for p, a in (res.metadata.get("transport_audits") or {}).items()}
+    gates = res.metadata.get("reliability_gates") or {}
+    refuse = {p: bool(g.get("refuse_level_claims")) for p, g in gates.items()}
+    reasons = {p: list(g.get("reasons") or []) for p, g in gates.items()}
+    routes = dict(zip(pols, (res.metadata.get("point_estimator") or {}).get("routes") or []))
+    print("RESULT " + json.dumps({"seconds": sec, "policies": out, "audits": audits, "refuse_level": refuse, "gate_reasons": reasons,
+                                  "routes": routes,
+                                  "calibration": res.metadata.get("calibration_info")}, default=float), flush=True)
 if spec["version"].startswith("0.9"):
     from cje.diagnostics.transport import TransportAuditConfig
-    fresh = {}
-    for p in ["base"] + spec["targets"]:
-        fresh[p] = [{"prompt_id": r["prompt_id"], "judge_score": r["judge_score"], "draw_idx": r.get("draw_idx", 0),
-                     "oracle_label": (r.get("oracle_label") if r["prompt_id"] in keep else None)}
-                    for r in rd(f"{D}/fresh_draws/{p}_responses.jsonl")]
-    probes = {p: [{"prompt_id": r["prompt_id"], "judge_score": r["judge_score"], "oracle_label": r["oracle_label"]}
+    rows = {p: rd(f"{D}/fresh_draws/{p}_responses.jsonl") for p in ["base"] + spec["targets"]}
+    slices = {p: [{"prompt_id": r["prompt_id"], "judge_score": r["judge_score"], "oracle_label": r["oracle_label"]}
                   for r in rd(f"{D}/probe_slice/{p}_probe.jsonl")] for p in spec["targets"]}
-    t = time.time()
-    res = cje.analyze_dataset(fresh_draws_data=fresh, estimator="direct",
-                              transport=TransportAuditConfig(probes_by_policy=probes, delta_max_by_policy={p: 0.05 for p in probes}))
+    # spec["draws"] (benchmarks/probe_study_reference.py): one analysis per (label subset, probes) in one process;
+    # otherwise one analysis of spec["keep"] with the sample's probe slices.
+    for draw in spec.get("draws") or [{"keep": spec["keep"], "probes": slices}]:
+        keep = set(draw["keep"])
+        fresh = {p: [{"prompt_id": r["prompt_id"], "judge_score": r["judge_score"], "draw_idx": r.get("draw_idx", 0),
+                      "oracle_label": (r.get("oracle_label") if r["prompt_id"] in keep else None)} for r in rs]
+                 for p, rs in rows.items()}
+        t = time.time()
+        res = cje.analyze_dataset(fresh_draws_data=fresh, estimator="direct",
+                                  transport=TransportAuditConfig(probes_by_policy=draw["probes"],
+                                                                 delta_max_by_policy={p: 0.05 for p in draw["probes"]}))
+        emit(res, time.time() - t)
 else:
+    keep = set(spec["keep"])
     tmp = tempfile.mkdtemp()
     with open(f"{tmp}/logged.jsonl", "w") as f:
         for r in rd(f"{D}/logged_data.jsonl"):
-            f.write(json.dumps(strip(r, r["metadata"]["prompt_id"])) + "\n")
+            f.write(json.dumps(strip(r, r["metadata"]["prompt_id"], keep)) + "\n")
     os.makedirs(f"{tmp}/fresh")
     for p in spec["targets"]:
         with open(f"{tmp}/fresh/{p}_responses.jsonl", "w") as f:
@@ -81,11 +100,7 @@ else:
                 f.write(json.dumps(r) + "\n")
     t = time.time()
     res = cje.analyze_dataset(logged_data_path=f"{tmp}/logged.jsonl", fresh_draws_dir=f"{tmp}/fresh", estimator="stacked-dr")
-sec = time.time() - t
-pols = res.metadata.get("target_policies")
-ci = res.ci()
-out = {p: {"estimate": float(res.estimates[i]), "ci_lower": float(ci[i][0]), "ci_upper": float(ci[i][1])} for i, p in enumerate(pols)}
-print("RESULT " + json.dumps({"seconds": sec, "policies": out}))
+    emit(res, time.time() - t)
 '''
 
 
