@@ -1,7 +1,6 @@
-"""Probe-corrected levels, the bias-aware combination (arena_cje.cje.levels, imported through its old path
-arena_cje.cje.transport) and the reporting rule (arena_cje.cje.transport).
+"""The reporting rule for borrowed levels (arena_cje.cje.transport), end to end on the synthetic world.
 
-The graded audit itself: test_audit.py.
+The candidate levels and their combination: test_levels.py; the graded audit itself: test_audit.py.
 """
 
 from __future__ import annotations
@@ -10,15 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-from scipy import optimize, stats
+from scipy import optimize
 
 from arena_cje.cje import CJEDataset, EstimationConfig, estimate_policies
 from arena_cje.cje.calibration import fit_calibration
-from arena_cje.cje.inference import bias_aware_critical_value
 from arena_cje.cje.levels import bias_aware_half_width
-from arena_cje.cje.transport import Contributions, combine_levels
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cje_synthetic import simulate, true_value  # noqa: E402
@@ -77,46 +73,6 @@ def test_differences_use_reported_levels():
     assert diff.ci_lower <= truth <= diff.ci_upper
 
 
-def _contrib(psi: np.ndarray, reps=None) -> Contributions:
-    return Contributions(float(psi.mean()), pd.Series(psi, index=[f"p{i}" for i in range(len(psi))]), reps)
-
-
-def test_combination_closed_form():
-    rng = np.random.default_rng(0)
-    g = 400
-    base = rng.normal(0.5, 0.2, g)
-    probe = np.zeros(g)
-    probe[:40] = rng.normal(0.0, 0.2, 40) * g / 40  # probe residual term: mean ~ N(0, 0.2^2/40)
-    b, c = _contrib(base), _contrib(base + probe)
-    rep = combine_levels(b, c, 40, float(np.var(probe[:40] * 40 / g, ddof=1) / 40), 5, 0.05, force_corrected=False)
-    # Without replicates: V_B = var(b)/G, Cov_BC, V_d as sample moments; lambda* = (b2 + V_B - Cov_BC)/(V_d + b2).
-    vb = np.var(base, ddof=1) / g
-    cbc = np.cov(base, base + probe)[0, 1] / g
-    vd = np.var(probe, ddof=1) / g
-    dhat = probe.mean()
-    b2 = max(0.0, dhat**2 - vd)
-    lam = np.clip((b2 + vb - cbc) / (vd + b2), 0, 1)
-    assert rep.weight == pytest.approx(lam, abs=1e-9)
-    assert rep.estimate == pytest.approx(base.mean() + lam * dhat, abs=1e-12)
-    # Bias-aware interval: half-width cv_alpha((1 - lam) |d_hat| / s, df) s with s^2 the variance of
-    # B + lam d_hat (here the cluster variance of its contributions; no replicates), df = G - 1 without a
-    # probe-term split (probe_var is attributed to the probe's m - 1 df below).
-    s2 = np.var(base + lam * probe, ddof=1) / g
-    assert rep.var_if == pytest.approx(s2, rel=1e-12) and rep.var_oua == 0.0
-    half = bias_aware_critical_value((1 - lam) * abs(dhat) / np.sqrt(s2), rep.df, 0.05) * np.sqrt(s2)
-    assert rep.ci_upper - rep.estimate == pytest.approx(half, rel=1e-9)
-    assert rep.estimate - rep.ci_lower == pytest.approx(half, rel=1e-9)
-    # std_error is the effective SE (interval = estimate +/- t se) and the variance parts add up to it.
-    assert rep.std_error * stats.t.ppf(0.975, rep.df) == pytest.approx(half, rel=1e-9)
-    assert rep.var_if + rep.var_oua + rep.var_transport == pytest.approx(rep.std_error**2, rel=1e-12)
-    assert rep.var_transport > 0  # the gap d_hat is nonzero, so the interval carries a bias allowance
-    # A gap far beyond the probe's noise: b2 ~ d^2 dominates and the weight goes to the corrected value.
-    far = combine_levels(b, _contrib(base + probe + 0.3), 40, 0.001, 5, 0.05, force_corrected=False)
-    assert far.weight > 0.95 and far.bias_sq > 0.08
-    forced = combine_levels(b, c, 40, 0.001, 5, 0.05, force_corrected=True)
-    assert forced.weight == 1.0 and forced.estimate == pytest.approx(c.estimate)
-
-
 @pytest.mark.slow
 def test_monte_carlo_coverage_with_transport_violated():
     """200 replications: 95% CIs of the reported levels cover 92-98% of the time, including a policy whose
@@ -161,32 +117,6 @@ def test_graded_rule_sources_per_state():
     assert set(res.transport_table["state"]) == {"FAIL", "NOT_CHECKED", a["pi_hot"].state}
 
 
-def test_pooled_shrinkage_weight_and_variance():
-    from arena_cje.cje.transport import level_moments, optimal_weight, pooled_bias_sq
-
-    rng = np.random.default_rng(5)
-    g = 300
-    moments = []
-    for gap in (0.0, 0.02, -0.01):
-        base = rng.normal(0.6, 0.2, g)
-        probe = np.zeros(g)
-        probe[:50] = (rng.normal(gap, 0.2, 50)) * g / 50
-        moments.append(level_moments(_contrib(base), _contrib(base + probe)))
-    tau2 = pooled_bias_sq(moments)
-    assert tau2 == pytest.approx(max(0.0, np.mean([mo.d**2 - mo.vd for mo in moments])), abs=1e-15)
-    for mo in moments:
-        lam = optimal_weight(mo, tau2)
-        assert 0.0 <= lam <= 1.0
-        rep = combine_levels(mo.b, mo.c, 50, 0.0, 5, 0.05, bias_sq=tau2, source="shrunk", moments=mo)
-        assert rep.weight == pytest.approx(lam) and rep.source == "shrunk"
-        bound = (1 - lam) * np.sqrt(max(mo.d**2, tau2))
-        assert rep.ci_upper - rep.estimate == pytest.approx(
-            bias_aware_half_width(bound, rep.var_if + rep.var_oua, rep.df, 0.05), rel=1e-9)
-        assert rep.estimate == pytest.approx(mo.b.estimate + lam * mo.d, abs=1e-12)
-    # No revealed gap anywhere: tau^2 = 0 and the weight is the minimum-variance one (< 1).
-    assert pooled_bias_sq([]) == 0.0
-
-
 def _interval_gap(row) -> float:
     """The gap G of a reported row's bias bound (1 - lam) G, recovered from its half-width (levels.py)."""
     half, var = row.ci_upper - row.estimate, row.var_if + row.var_oua
@@ -222,29 +152,6 @@ def test_precision_shrinkage_keeps_the_gap_out_of_the_weight_and_in_the_interval
 # ---------------------------------------------------------------------------------------------
 # PPI++
 # ---------------------------------------------------------------------------------------------
-
-
-def test_ppi_weight_formula_and_fallbacks():
-    from arena_cje.cje.transport import ppi_weight
-
-    rng = np.random.default_rng(6)
-    n = 60
-    f = rng.uniform(0.2, 0.9, n)
-    y = np.clip(0.1 + 0.6 * f + rng.normal(0, 0.1, n), 0, 1)
-    w = np.full(n, 1 / n)
-    cl = np.array([f"p{i}" for i in range(n)])
-    slope = np.cov(f, y, ddof=0)[0, 1] / np.var(f)
-    lam, why = ppi_weight(y, f, w, cl, n_fresh=600, n_independent=0)  # probe drawn from the fresh draws
-    assert why == "tuned" and lam == pytest.approx(slope, rel=1e-10) and 0 < lam < 1
-    lam_ind, _ = ppi_weight(y, f, w, cl, n_fresh=600, n_independent=n)  # an independent labelled sample
-    assert lam_ind == pytest.approx(slope / (1 + n / 600), rel=1e-10)
-    assert ppi_weight(y, 2 * f, w, cl, 600, 0)[0] == pytest.approx(slope / 2, rel=1e-10)
-    assert ppi_weight(y, -f, w, cl, 600, 0)[0] == 0.0  # clipped at 0
-    assert ppi_weight(3 * f, f, w, cl, 600, 0)[0] == 1.0  # clipped at 1
-    assert ppi_weight(y[:15], f[:15], w[:15], cl[:15], 600, 0) == (1.0, "too_few_clusters")
-    assert ppi_weight(y, np.full(n, 0.5), w, cl, 600, 0) == (1.0, "constant_predictions")
-    rare = np.where(np.arange(n) < 3, 1.0, 0.0)
-    assert ppi_weight(rare, f, w, cl, 600, 0) == (1.0, "rare_outcome")
 
 
 def test_ppi_level_interpolates_probe_mean_and_probe_corrected():
