@@ -125,3 +125,37 @@ def test_parallel_runner_gets_the_resolved_blocks_from_the_catalog(tmp_path):
         assert worker_hook.before_node_run(None, inputs) == inputs  # nothing left to resolve
     finally:
         hook.after_pipeline_run()
+
+
+def test_model_call_nodes_run_side_by_side_share_the_backends_concurrency():
+    """ThreadRunner runs teacher forcing, judging and the echo check at once on the run's one
+    backend: together they keep at most ``concurrency`` items in flight, not ``concurrency`` each."""
+    import threading
+    import time
+
+    from arena_cje.backends.openai_compatible.access import _Budget
+    from arena_cje.backends.openai_compatible.batch import BatchRunner, Call
+
+    runner = BatchRunner(store=None, budget=_Budget(None, 0.0), scrub=str, concurrency=2, max_retries=0, progress=False)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def task() -> Call:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+        return Call("ok")
+
+    def node(out: list[Any]) -> None:
+        out.extend(runner.run("judge", "pi_0", [None] * 6, [task] * 6, [("m", 0.0)] * 6, lambda e: e, use_store=False))
+
+    outputs: list[list[Any]] = [[], [], []]
+    nodes = [threading.Thread(target=node, args=(out,)) for out in outputs]
+    for thread in nodes:
+        thread.start()
+    for thread in nodes:
+        thread.join()
+    assert outputs == [["ok"] * 6] * 3
+    assert peak[0] == 2  # three batches of 6 items, two threads each: never more than 2 at once
