@@ -143,7 +143,7 @@ def test_model_call_nodes_run_side_by_side_share_the_backends_concurrency():
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.02)
+        time.sleep(0.05)  # long enough for the other threads to start meanwhile
         with lock:
             in_flight[0] -= 1
         return Call("ok")
