@@ -13,6 +13,7 @@ from kedro_datasets.pandas import CSVDataset, JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
 
 from arena_cje.cje.data import LAYOUTS, CJEDataError, parse_jsonl
+from arena_cje.report.figures import MATPLOTLIB_LOCK
 
 
 class OptionalPartitionedDataset(PartitionedDataset):
@@ -38,6 +39,11 @@ class PngFigureDataset(MatplotlibDataset):
     def load(self) -> bytes:
         with self._fs.open(get_filepath_str(self._get_load_path(), self._protocol), mode="rb") as png:
             return png.read()
+
+    def save(self, data: Any) -> None:
+        """Save as ``MatplotlibDataset`` does (then ``plt.close("all")``), one figure at a time."""
+        with MATPLOTLIB_LOCK:
+            super().save(data)
 
 
 class CJEJsonlLoadError(DatasetError, CJEDataError):

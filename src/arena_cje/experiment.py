@@ -229,6 +229,27 @@ def resolve_backends_in(
     return value
 
 
+def backend_blocks_in(key: str, value: Any) -> dict[str, Mapping[str, Any]]:
+    """Every backend block in the top-level parameter ``key``, by where it is (as errors name it).
+
+    The same layout as :func:`resolve_backends_in`: ``backend`` is a block; ``policies.<name>.backend``,
+    ``judge.backend`` and ``labeling.llm_oracle.backend`` are blocks when set; any other parameter
+    holds none.
+    """
+    if key == "backend":
+        return {"backend": value}
+    if key == "policies":
+        owners = {f"policies.{name}": fields for name, fields in (value or {}).items()}
+    elif key == "judge":
+        owners = {"judge": value}
+    elif key == "labeling" and isinstance(value, Mapping):
+        owners = {"labeling.llm_oracle": value.get("llm_oracle")}
+    else:
+        owners = {}
+    return {f"{where}.{OWN_BACKEND}": fields[OWN_BACKEND] for where, fields in owners.items()
+            if isinstance(fields, Mapping) and fields.get(OWN_BACKEND) is not None}
+
+
 def backend_from_params(backend: Mapping[str, Any]) -> Backend:
     """Return the backend described by the ``backend`` parameter block.
 

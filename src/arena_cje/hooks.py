@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
+from kedro.io import SharedMemoryDataCatalog
 
-from arena_cje.experiment import BACKEND_PARAMS, BackendRegistry, resolve_backends_in
+from arena_cje.backends import PROCESS_SAFE
+from arena_cje.experiment import (
+    BACKEND_PARAMS,
+    BackendRegistry,
+    backend_blocks_in,
+    resolve_backends_in,
+)
 from arena_cje.provenance import run_identity
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,12 @@ class BackendParamsHook:
       of a run share one backend per configuration (``backend_from_params``), and every backend
       is closed (HTTP session, SQLite stores) when the run ends or fails: no connection outlives
       the run, and the next run (or the next ``KedroSession`` in the same process) opens its own.
+    * ``ParallelRunner`` (its catalog is a ``SharedMemoryDataCatalog``) runs nodes in worker
+      processes, each with its own registry: a run that builds a backend with run-wide state
+      (not in :data:`arena_cje.backends.PROCESS_SAFE`) is refused before the first node. The
+      blocks of the others are resolved into the catalog, because a worker started with ``spawn``
+      or ``forkserver`` (macOS, Python >= 3.14) gets a fresh copy of this hook that never saw the
+      project path.
     """
 
     INPUT = "params:backend"
@@ -99,9 +113,11 @@ class BackendParamsHook:
         """
         inputs = pipeline.inputs()
         if self.INPUT in inputs:
-            for name in self.INPUTS:
-                if name in inputs:
-                    self._resolve(name, catalog.load(name))
+            resolved = {name: self._resolve(name, catalog.load(name)) for name in self.INPUTS if name in inputs}
+            if isinstance(catalog, SharedMemoryDataCatalog):
+                refuse_per_process_backends(resolved)
+                for name, value in resolved.items():
+                    catalog.save(name, value)
         self._close()  # a previous run of this session that ended without either end hook
         self._registry = BackendRegistry().activate()
 
@@ -129,6 +145,30 @@ class BackendParamsHook:
         if self._registry is not None:
             registry, self._registry = self._registry, None
             registry.close_all()
+
+
+def refuse_per_process_backends(resolved: dict[str, Any]) -> None:
+    """Raise when a ``ParallelRunner`` run would build a backend that is not process-safe.
+
+    Args:
+        resolved: The run's backend parameters (``params:backend``, ``params:policies``, ...),
+            resolved.
+
+    Raises:
+        ValueError: naming the first such block, its backend, the reason and what to run instead.
+    """
+    for name, value in resolved.items():
+        for where, block in backend_blocks_in(name.removeprefix("params:"), value).items():
+            backend = block.get("name") if isinstance(block, Mapping) else None
+            if backend not in PROCESS_SAFE:
+                raise ValueError(
+                    f"ParallelRunner cannot run this pipeline: `{where}` uses backend {backend!r}. ParallelRunner "
+                    f"runs nodes in separate worker processes, each building its own backend, so openai_compatible's "
+                    f"budget_usd, requests_per_minute and concurrency would hold per process instead of per run, and "
+                    f"local_transformers would load its model once per process (only {sorted(PROCESS_SAFE)} can). "
+                    f"Use the default SequentialRunner or --runner ThreadRunner (nodes share one backend), or run "
+                    f"ParallelRunner only on pipelines that call no model, e.g. --pipelines labeling_import,estimation."
+                )
 
 
 class RunProvenanceHook:

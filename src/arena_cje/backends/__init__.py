@@ -40,6 +40,13 @@ PATH_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Backends that Kedro's ParallelRunner may build. Its worker processes each build their own
+#: instance, which is harmless only for a backend without run-wide state: openai_compatible's
+#: budget cap, rate limit and concurrency hold per instance (they would hold per process, not per
+#: run), and local_transformers would load its model once per process.
+PROCESS_SAFE: frozenset[str] = frozenset({"simulated"})
+
+
 def backend_class(name: str, where: str = "backend") -> type:
     """The class registered under ``name`` (imports its module).
 
@@ -86,6 +93,7 @@ def make_backend(name: str, **options: Any) -> Backend:
 __all__ = [
     "BACKENDS",
     "PATH_OPTIONS",
+    "PROCESS_SAFE",
     "Backend",
     "Generation",
     "JudgeSpec",

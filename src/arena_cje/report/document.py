@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .figures import MATPLOTLIB_LOCK
+
 
 @dataclass
 class Figure:
@@ -40,7 +42,8 @@ def figure_png(fig: plt.Figure | bytes, dpi: int = 110) -> bytes:
     if isinstance(fig, bytes):
         return fig
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with MATPLOTLIB_LOCK:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import matplotlib
@@ -14,6 +16,22 @@ import pandas as pd  # noqa: E402
 
 from .tables import differences_vs_baseline  # noqa: E402
 
+#: Matplotlib is not thread-safe (pyplot's figure registry, the FreeType font objects all text
+#: shares): under Kedro's ThreadRunner, plots drawn and saved in parallel threads now and then came
+#: out different from the SequentialRunner's. Whatever draws or saves a figure holds this lock.
+MATPLOTLIB_LOCK = threading.RLock()
+
+
+def one_at_a_time(draw: Callable[..., Any]) -> Callable[..., Any]:
+    """``draw`` holding :data:`MATPLOTLIB_LOCK`."""
+
+    @functools.wraps(draw)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with MATPLOTLIB_LOCK:
+            return draw(*args, **kwargs)
+
+    return locked
+
 
 def _empty(message: str, figsize: tuple[float, float] = (8, 2)) -> plt.Figure:
     fig, ax = plt.subplots(figsize=figsize)
@@ -22,6 +40,7 @@ def _empty(message: str, figsize: tuple[float, float] = (8, 2)) -> plt.Figure:
     return fig
 
 
+@one_at_a_time
 def plot_forest(policy_estimates: pd.DataFrame) -> plt.Figure:
     """Forest plot: every estimator's estimate and CI per policy, with the true value if known.
 
@@ -67,6 +86,7 @@ def plot_forest(policy_estimates: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+@one_at_a_time
 def plot_differences(policy_differences: pd.DataFrame, baseline: str) -> plt.Figure:
     """Paired differences ``policy - baseline`` per estimator with CIs and a zero line."""
     diffs = differences_vs_baseline(policy_differences, baseline).dropna(subset=["estimate"])
@@ -98,6 +118,7 @@ def plot_differences(policy_differences: pd.DataFrame, baseline: str) -> plt.Fig
     return fig
 
 
+@one_at_a_time
 def plot_calibration(calibration: Any) -> plt.Figure:
     """Judge -> oracle calibration: labelled points, fitted curve (with fold curves), reliability.
 
@@ -144,6 +165,7 @@ def plot_calibration(calibration: Any) -> plt.Figure:
     return fig
 
 
+@one_at_a_time
 def plot_weight_diagnostics(weights: Mapping[str, Any], hill_warn: float) -> plt.Figure:
     """Importance-weight diagnostics per target policy.
 

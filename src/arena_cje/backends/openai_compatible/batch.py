@@ -49,7 +49,9 @@ class BatchRunner:
         store: The durable request record (``None``: nothing recorded or reused).
         budget: The spend cap shared by all items.
         scrub: Removes the API key from a message.
-        concurrency: Worker threads.
+        concurrency: Items in flight at once, across every batch of the backend: nodes that
+            Kedro's ThreadRunner runs side by side (teacher forcing, judging, the echo check) share
+            it rather than each sending ``concurrency`` of their own.
         max_retries: Retries the request layer makes (quoted in "gave up after" messages).
         progress: Show a tqdm progress bar.
     """
@@ -60,6 +62,9 @@ class BatchRunner:
     concurrency: int
     max_retries: int
     progress: bool
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.concurrency)
 
     def run(
         self,
@@ -100,6 +105,10 @@ class BatchRunner:
         stop = threading.Event()
 
         def work(i: int) -> Any:
+            with self._slots:
+                return item(i)
+
+        def item(i: int) -> Any:
             if stop.is_set():
                 raise _Stopped()
             _, estimate = estimates[i]
